@@ -1,0 +1,433 @@
+//! `Session`: one actor per SSE stream, plus the response body it drives.
+//!
+//! The actor is the stream's control side: it holds the connection slot,
+//! takes `Close` from the admin API, key revocation and shutdown, and
+//! unregisters from its hub when it stops. The body ([`SessionBody`]) is the
+//! data side: preamble, then backfill read from memory or the store at the
+//! client's pace, then live events from the bounded outbox, several frames
+//! per write, with keep-alive comments in silences.
+//!
+//! Slow consumers: the hub `try_send`s into the outbox (`sse.client_buffer`
+//! events). When it is full the hub drops the session's registration. During
+//! backfill the body then re-subscribes and continues from the store; once
+//! live, the stream ends ("cut") and the client's reconnect with its
+//! Last-Event-ID backfills what it missed. Either way nothing is lost and no
+//! memory grows without bound.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
+use ulid::Ulid;
+
+use super::hub::{Hubs, Subscribe};
+use crate::backfill::{plan_from_store, Truncation};
+use crate::connections::ConnectionGuard;
+use crate::error::ApiError;
+use crate::event::{now_rfc3339, SharedEvent};
+use crate::filter::Filter;
+use crate::stats::Stats;
+use crate::store::{Scope, SharedStore};
+
+/// Events read from the store per backfill query.
+const BACKFILL_PAGE: u32 = 500;
+/// Live events taken from the outbox per write.
+const LIVE_BATCH: usize = 256;
+/// The comment sent in silences.
+const KEEPALIVE_FRAME: &[u8] = b": keepalive\n\n";
+
+/// Why a stream ended (logged on disconnect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientGone,
+    SlowConsumer,
+    AdminClosed,
+    KeyRevoked,
+    Shutdown,
+    StoreUnavailable,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ClientGone => "client_gone",
+            Self::SlowConsumer => "slow_consumer",
+            Self::AdminClosed => "admin_closed",
+            Self::KeyRevoked => "key_revoked",
+            Self::Shutdown => "shutdown",
+            Self::StoreUnavailable => "store_unavailable",
+        })
+    }
+}
+
+/// Ends the stream at once.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Close {
+    pub reason: CloseReason,
+}
+
+/// The body finished or was dropped (client gone).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct BodyEnded {
+    reason: CloseReason,
+}
+
+/// The control side of one stream.
+pub struct Session {
+    scope: Scope,
+    hubs: Hubs,
+    guard: ConnectionGuard,
+    /// Fires (or drops) to end the body.
+    stop_body: Option<oneshot::Sender<()>>,
+    reason: CloseReason,
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.guard.attach(ctx.address().recipient());
+        let info = &self.guard.info;
+        log::info!(
+            "connect conn={} map={} key={} remote={} filter={}",
+            info.id,
+            info.map_id.map_or_else(|| "*".to_owned(), |m| m.to_string()),
+            info.key_id.map_or_else(|| "admin".to_owned(), |k| k.to_string()),
+            info.remote_addr,
+            info.filter
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.hubs.unsubscribe(self.scope, self.guard.info.id);
+        log::info!(
+            "disconnect conn={} reason={} events_sent={}",
+            self.guard.info.id,
+            self.reason,
+            self.guard.info.sent()
+        );
+    }
+}
+
+impl Handler<Close> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
+        self.reason = msg.reason;
+        if let Some(stop) = self.stop_body.take() {
+            let _ = stop.send(());
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<BodyEnded> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: BodyEnded, ctx: &mut Self::Context) {
+        if self.reason == CloseReason::ClientGone {
+            self.reason = msg.reason;
+        }
+        ctx.stop();
+    }
+}
+
+/// Everything needed to open a stream.
+pub struct StreamRequest {
+    pub scope: Scope,
+    pub after: Option<Ulid>,
+    pub filter: Filter,
+    pub guard: ConnectionGuard,
+    pub retry_ms: u64,
+    pub keepalive: Duration,
+    pub client_buffer: usize,
+    pub max_backfill: usize,
+}
+
+/// Shared services a stream uses.
+pub struct StreamServices {
+    pub hubs: Hubs,
+    pub store: SharedStore,
+    pub stats: Arc<Stats>,
+}
+
+/// Subscribes, plans the backfill and starts the session; returns the body.
+///
+/// # Errors
+/// `STORE_UNAVAILABLE` when the start position or backfill cannot be read.
+pub async fn open(
+    services: StreamServices,
+    req: StreamRequest,
+) -> Result<impl Stream<Item = Result<Bytes, Infallible>> + 'static, ApiError> {
+    let conn_id = req.guard.info.id;
+    let filter = Arc::new(req.filter);
+    let (outbox_tx, outbox) = mpsc::channel(req.client_buffer);
+    let subscription = services
+        .hubs
+        .subscribe(
+            req.scope,
+            Subscribe { conn_id, outbox: outbox_tx, filter: Arc::clone(&filter), after: req.after },
+        )
+        .await
+        .map_err(|_| ApiError::StoreUnavailable)?;
+
+    let start = req.after.unwrap_or(subscription.head);
+    let (phase, cursor, truncation) = match (req.after, subscription.hot) {
+        (_, Some(hot)) => (Phase::Memory(hot.events.into()), start, hot.truncation),
+        (Some(after), None) => {
+            match plan_from_store(&services.store, req.scope, after, &filter, req.max_backfill).await {
+                Ok(plan) => (Phase::Store, plan.replay_after, plan.truncation),
+                Err(err) => {
+                    services.hubs.unsubscribe(req.scope, conn_id);
+                    return Err(err.into());
+                }
+            }
+        }
+        (None, None) => (Phase::Live, start, None),
+    };
+
+    let preamble = preamble(req.retry_ms, start, req.scope, conn_id, truncation.as_ref());
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let info = Arc::clone(&req.guard.info);
+    let session = Session {
+        scope: req.scope,
+        hubs: services.hubs.clone(),
+        guard: req.guard,
+        stop_body: Some(stop_tx),
+        reason: CloseReason::ClientGone,
+    }
+    .start();
+
+    let state = BodyState {
+            preamble: Some(preamble),
+            phase,
+            cursor,
+            scope: req.scope,
+            conn_id,
+            filter,
+            outbox,
+            client_buffer: req.client_buffer,
+            services,
+            stop: stop_rx,
+            keepalive: req.keepalive,
+            last_write: Instant::now(),
+            ticker: Box::pin(tokio::time::sleep(req.keepalive)),
+            info,
+            link: BodyLink { session, reason: CloseReason::ClientGone },
+            batch: Vec::with_capacity(LIVE_BATCH),
+    };
+    // `unfold` keeps the pending chunk future inline: no allocation per write.
+    Ok(futures_util::stream::unfold(state, |mut state| async move {
+        let chunk = state.next_chunk().await?;
+        Some((Ok(chunk), state))
+    }))
+}
+
+/// `retry:`, `connected` and, when due, `backfill_truncated`.
+fn preamble(
+    retry_ms: u64,
+    start: Ulid,
+    scope: Scope,
+    conn_id: Ulid,
+    truncation: Option<&Truncation>,
+) -> Bytes {
+    let connected = serde_json::json!({
+        "map_id": scope.map(|m| m.to_string()),
+        "connection_id": conn_id.to_string(),
+        "server_time": now_rfc3339(),
+    });
+    let mut out = format!("retry: {retry_ms}\n\nid: {start}\nevent: connected\ndata: {connected}\n\n");
+    if let Some(truncation) = truncation {
+        // Serializing a struct of strings cannot fail.
+        let data = serde_json::to_string(truncation).unwrap_or_default();
+        out.push_str(&format!("event: backfill_truncated\ndata: {data}\n\n"));
+    }
+    Bytes::from(out)
+}
+
+enum Phase {
+    /// Backfill served from the hub's hot history.
+    Memory(VecDeque<SharedEvent>),
+    /// Backfill read from the store, page by page, after `cursor`.
+    Store,
+    /// Live events from the outbox.
+    Live,
+}
+
+/// Tells the session when the body goes away, whatever the reason.
+struct BodyLink {
+    session: Addr<Session>,
+    reason: CloseReason,
+}
+
+impl Drop for BodyLink {
+    fn drop(&mut self) {
+        self.session.do_send(BodyEnded { reason: self.reason });
+    }
+}
+
+struct BodyState {
+    preamble: Option<Bytes>,
+    phase: Phase,
+    /// Newest event id written (or skipped as already known to the client).
+    cursor: Ulid,
+    scope: Scope,
+    conn_id: Ulid,
+    filter: Arc<Filter>,
+    outbox: mpsc::Receiver<SharedEvent>,
+    client_buffer: usize,
+    services: StreamServices,
+    stop: oneshot::Receiver<()>,
+    keepalive: Duration,
+    last_write: Instant,
+    ticker: Pin<Box<Sleep>>,
+    info: Arc<crate::connections::ConnectionInfo>,
+    link: BodyLink,
+    batch: Vec<SharedEvent>,
+}
+
+impl BodyState {
+    /// Appends the frames of `events` newer than the cursor; returns how many.
+    fn write_events<'a>(&mut self, out: &mut BytesMut, events: impl IntoIterator<Item = &'a SharedEvent>) -> u64 {
+        let mut written = 0;
+        for event in events {
+            if event.id > self.cursor {
+                out.extend_from_slice(event.frame());
+                self.cursor = event.id;
+                written += 1;
+            }
+        }
+        written
+    }
+
+    fn finish_chunk(&mut self, chunk: BytesMut, events: u64) -> Option<Bytes> {
+        if chunk.is_empty() {
+            return None;
+        }
+        if events > 0 {
+            self.info.add_sent(events);
+            Stats::add(&self.services.stats.delivered, events);
+        }
+        self.last_write = Instant::now();
+        Some(chunk.freeze())
+    }
+
+    /// After a backfill: if the outbox overflowed meanwhile, register a new
+    /// one and read the rest from the store; else go live.
+    async fn leave_backfill(&mut self) -> Result<(), CloseReason> {
+        if !self.outbox.is_closed() {
+            self.phase = Phase::Live;
+            return Ok(());
+        }
+        let (outbox_tx, outbox) = mpsc::channel(self.client_buffer);
+        self.outbox = outbox;
+        let request =
+            Subscribe { conn_id: self.conn_id, outbox: outbox_tx, filter: Arc::clone(&self.filter), after: None };
+        self.services.hubs.subscribe(self.scope, request).await.map_err(|_| CloseReason::StoreUnavailable)?;
+        self.phase = Phase::Store;
+        Ok(())
+    }
+
+    /// The next chunk to write, or `None` to end the stream.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(preamble) = self.preamble.take() {
+            self.last_write = Instant::now();
+            return Some(preamble);
+        }
+        loop {
+            if !matches!(self.stop.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+                return None;
+            }
+            match &mut self.phase {
+                Phase::Memory(queue) => {
+                    let take = queue.len().min(BACKFILL_PAGE as usize);
+                    let events: Vec<SharedEvent> = queue.drain(..take).collect();
+                    if events.is_empty() {
+                        if let Err(reason) = self.leave_backfill().await {
+                            self.link.reason = reason;
+                            return None;
+                        }
+                        continue;
+                    }
+                    let mut chunk = BytesMut::new();
+                    let n = self.write_events(&mut chunk, &events);
+                    if let Some(chunk) = self.finish_chunk(chunk, n) {
+                        return Some(chunk);
+                    }
+                }
+                Phase::Store => {
+                    let page = match self.services.store.events_after(self.scope, self.cursor, BACKFILL_PAGE).await {
+                        Ok(page) => page,
+                        Err(err) => {
+                            log::warn!("conn={} backfill read failed: {err}", self.conn_id);
+                            self.link.reason = CloseReason::StoreUnavailable;
+                            return None;
+                        }
+                    };
+                    let exhausted = page.len() < BACKFILL_PAGE as usize;
+                    let mut chunk = BytesMut::new();
+                    let mut n = 0;
+                    for event in &page {
+                        if event.id > self.cursor && self.filter.matches(&event.event_type, &event.source) {
+                            chunk.extend_from_slice(event.frame());
+                            n += 1;
+                        }
+                        self.cursor = self.cursor.max(event.id);
+                    }
+                    if exhausted {
+                        if let Err(reason) = self.leave_backfill().await {
+                            self.link.reason = reason;
+                            return None;
+                        }
+                    }
+                    if let Some(chunk) = self.finish_chunk(chunk, n) {
+                        return Some(chunk);
+                    }
+                }
+                Phase::Live => {
+                    let mut batch = std::mem::take(&mut self.batch);
+                    let received = tokio::select! {
+                        biased;
+                        _ = &mut self.stop => return None,
+                        n = self.outbox.recv_many(&mut batch, LIVE_BATCH) => n,
+                        () = &mut self.ticker => {
+                            self.batch = batch;
+                            let due = self.last_write + self.keepalive;
+                            if Instant::now() >= due {
+                                self.last_write = Instant::now();
+                                self.ticker.as_mut().reset(self.last_write + self.keepalive);
+                                return Some(Bytes::from_static(KEEPALIVE_FRAME));
+                            }
+                            self.ticker.as_mut().reset(due);
+                            continue;
+                        }
+                    };
+                    if received == 0 {
+                        // The hub dropped this outbox: it overflowed.
+                        log::warn!("conn={} slow consumer: outbox of {} events overflowed, stream cut", self.conn_id, self.client_buffer);
+                        Stats::add(&self.services.stats.slow_consumer_cuts, 1);
+                        self.link.reason = CloseReason::SlowConsumer;
+                        return None;
+                    }
+                    let mut chunk = BytesMut::new();
+                    let n = self.write_events(&mut chunk, &batch);
+                    batch.clear();
+                    self.batch = batch;
+                    if let Some(chunk) = self.finish_chunk(chunk, n) {
+                        return Some(chunk);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Settings: every key of the spec with its default, loaded from
+//! `settings.toml` (or `--config PATH`) and `HERALD__SECTION__KEY` variables.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer};
+
+/// Admin token shipped in the defaults and in `settings.toml`; refused on a
+/// non-loopback bind so a demo setup can never face the network.
+pub const DEMO_ADMIN_TOKEN: &str = "demo-admin-token";
+/// Publisher token shipped in the defaults (same rule as the admin token).
+pub const DEMO_PUBLISHER_TOKEN: &str = "demo-publisher-token";
+/// Map key shipped for the `demo` map in `settings.toml` (same rule).
+pub const DEMO_MAP_KEY: &str = "demo-map-key";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub sse: SseSettings,
+    pub history: HistorySettings,
+    pub limits: LimitSettings,
+    pub auth: AuthSettings,
+    pub cors: CorsSettings,
+    pub publish: PublishSettings,
+    /// Maps created (with their key) at start when missing.
+    pub maps: Vec<SeedMap>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Loopback by default: exposing the relay is a deliberate act.
+    pub bind: String,
+    /// HTTP worker threads; 0 = one per core.
+    pub workers: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self { bind: "127.0.0.1:8080".into(), workers: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// SQLite needs no server, so a fresh checkout runs with no setup.
+    pub url: String,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: "sqlite://herald.db".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SseSettings {
+    pub enabled: bool,
+    /// Below the 30-60 s idle timeouts of common proxies and load balancers.
+    pub keepalive_secs: u64,
+    pub retry_ms: u64,
+    /// Live events queued per stream before it is cut as a slow consumer.
+    pub client_buffer: usize,
+}
+
+impl Default for SseSettings {
+    fn default() -> Self {
+        Self { enabled: true, keepalive_secs: 15, retry_ms: 3000, client_buffer: 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistorySettings {
+    /// Recent events per hub served to reconnecting clients without the store.
+    pub hot_events: usize,
+    pub retention_secs: u64,
+    pub retention_count: u64,
+    pub max_backfill: usize,
+    pub prune_interval_secs: u64,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Self {
+            hot_events: 1000,
+            retention_secs: 604_800,
+            retention_count: 100_000,
+            max_backfill: 10_000,
+            prune_interval_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Below the 20,000 open files a process may hold on the reference machine.
+    pub max_connections: u64,
+    pub max_connections_per_map: u64,
+    pub max_connections_per_key: u64,
+    pub rate_per_minute: u32,
+    pub rate_burst: u32,
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_connections_per_map: 1000,
+            max_connections_per_key: 100,
+            rate_per_minute: 60,
+            rate_burst: 10,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    pub admin_token: String,
+    #[serde(deserialize_with = "string_or_list")]
+    pub publisher_tokens: Vec<String>,
+    pub sse_token_ttl_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            admin_token: DEMO_ADMIN_TOKEN.into(),
+            publisher_tokens: vec![DEMO_PUBLISHER_TOKEN.into()],
+            sse_token_ttl_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsSettings {
+    /// A list of origins, or `*` (as a string or a one-element list).
+    #[serde(deserialize_with = "string_or_list")]
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for CorsSettings {
+    fn default() -> Self {
+        Self { allowed_origins: vec!["*".into()] }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishSettings {
+    pub max_body_bytes: usize,
+    pub max_event_bytes: usize,
+    pub max_batch: usize,
+}
+
+impl Default for PublishSettings {
+    fn default() -> Self {
+        Self { max_body_bytes: 1 << 20, max_event_bytes: 64 << 10, max_batch: 1000 }
+    }
+}
+
+/// A map seeded from `[[maps]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedMap {
+    pub slug: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub api_key: String,
+}
+
+/// Accepts `"a"`, `"a,b"` (what an environment variable gives) or `["a", "b"]`.
+fn string_or_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(de)? {
+        OneOrMany::One(s) => {
+            s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+        }
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Why the settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads `path` (or `settings.toml` when present) and the environment.
+    ///
+    /// # Errors
+    /// A missing explicit file, a malformed file or value, or an unsafe
+    /// combination (see [`Settings::validate`]).
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let file = match path {
+            Some(p) => config::File::from(p).required(true),
+            None => config::File::with_name("settings.toml").required(false),
+        };
+        let env = config::Environment::with_prefix("HERALD")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true);
+        let settings: Settings =
+            config::Config::builder().add_source(file).add_source(env).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot: usable addresses and no demo secret on a
+    /// public bind.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bind: SocketAddr = self.server.bind.parse().map_err(|_| {
+            ConfigError::Invalid(format!("server.bind `{}` is not an IP:port address", self.server.bind))
+        })?;
+        if self.sse.client_buffer == 0 {
+            return Err(ConfigError::Invalid("sse.client_buffer must be at least 1".into()));
+        }
+        if self.sse.keepalive_secs == 0 {
+            return Err(ConfigError::Invalid("sse.keepalive_secs must be at least 1".into()));
+        }
+        if self.auth.admin_token.is_empty() {
+            return Err(ConfigError::Invalid("auth.admin_token must not be empty".into()));
+        }
+        if !bind.ip().is_loopback() {
+            let demo = self.auth.admin_token == DEMO_ADMIN_TOKEN
+                || self.auth.publisher_tokens.iter().any(|t| t == DEMO_PUBLISHER_TOKEN)
+                || self.maps.iter().any(|m| m.api_key == DEMO_MAP_KEY);
+            if demo {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to bind {bind} with the shipped demo tokens: set auth.admin_token, \
+                     auth.publisher_tokens and the [[maps]] api_key to your own secrets \
+                     (or bind 127.0.0.1)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let s = Settings::default();
+        assert_eq!(s.server.bind, "127.0.0.1:8080");
+        assert_eq!(s.database.url, "sqlite://herald.db");
+        assert_eq!(s.sse.client_buffer, 1024);
+        assert_eq!(s.history.max_backfill, 10_000);
+        assert_eq!(s.limits.rate_per_minute, 60);
+        assert_eq!(s.publish.max_body_bytes, 1_048_576);
+        assert_eq!(s.cors.allowed_origins, vec!["*"]);
+    }
+
+    #[test]
+    fn demo_tokens_refuse_a_public_bind() {
+        let mut s = Settings::default();
+        s.server.bind = "0.0.0.0:8080".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("demo tokens"), "{err}");
+        s.auth.admin_token = "a-real-secret".into();
+        s.auth.publisher_tokens = vec!["another-secret".into()];
+        s.validate().expect("own secrets may bind anywhere");
+    }
+}

@@ -1,0 +1,460 @@
+//! The event store: one trait, two implementations — PostgreSQL for
+//! production ([`postgres`]) and SQLite as the embedded default ([`sqlite`]).
+//! Both speak the same SQL ([`sql`]); only connecting, migrating and the
+//! batch insert differ.
+
+pub mod postgres;
+pub mod sql;
+pub mod sqlite;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ulid::Ulid;
+
+use crate::auth::SecretHash;
+use crate::event::{Event, SharedEvent};
+
+/// Longest any store call may take before it counts as unavailable: a
+/// publisher gets its 503 in bounded time even when the database hangs.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Connection refused, timed out, or the query failed: retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A unique constraint (map slug) was violated.
+    #[error("conflict")]
+    Conflict,
+    /// A stored value could not be read back.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict,
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => Self::Corrupt(err.to_string()),
+            _ => Self::Unavailable(err.to_string()),
+        }
+    }
+}
+
+/// A map as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapRecord {
+    pub id: Ulid,
+    pub slug: String,
+    pub name: String,
+    pub created_ms: i64,
+    /// `None`: the configured default.
+    pub max_connections: Option<u64>,
+    pub max_connections_per_key: Option<u64>,
+}
+
+/// An API key as stored: only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: Ulid,
+    pub map_id: Ulid,
+    pub hash: SecretHash,
+    pub created_ms: i64,
+}
+
+/// What backfill planning needs of an event, without its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventHead {
+    pub id: Ulid,
+    pub event_type: String,
+    pub source: String,
+}
+
+/// Which events a read covers: one map, or every map (the admin firehose).
+pub type Scope = Option<Ulid>;
+
+/// Persistent storage of maps, keys and events.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Cheap round trip proving the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Every map and key, to fill the in-memory directory at start.
+    async fn load_directory(&self) -> Result<(Vec<MapRecord>, Vec<KeyRecord>), StoreError>;
+    /// Creates a map and its first key in one transaction.
+    /// [`StoreError::Conflict`] when the slug exists.
+    async fn insert_map(&self, map: &MapRecord, key: &KeyRecord) -> Result<(), StoreError>;
+    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// Returns whether a key was removed.
+    async fn delete_key(&self, map_id: Ulid, key_id: Ulid) -> Result<bool, StoreError>;
+    async fn update_map_limits(
+        &self,
+        map_id: Ulid,
+        max_connections: Option<u64>,
+        max_connections_per_key: Option<u64>,
+    ) -> Result<(), StoreError>;
+
+    /// Inserts a batch atomically: all or nothing.
+    async fn insert_events(&self, events: &[SharedEvent]) -> Result<(), StoreError>;
+    /// The newest event id in scope.
+    async fn newest_event_id(&self, scope: Scope) -> Result<Option<Ulid>, StoreError>;
+    /// Up to `limit` events with `id > after`, oldest first.
+    async fn events_after(&self, scope: Scope, after: Ulid, limit: u32) -> Result<Vec<Event>, StoreError>;
+    /// Up to `limit` heads with `after < id < before`, newest first.
+    async fn heads_between_desc(
+        &self,
+        scope: Scope,
+        after: Ulid,
+        before: Ulid,
+        limit: u32,
+    ) -> Result<Vec<EventHead>, StoreError>;
+    /// Newest id removed by retention in scope (the nil id when none).
+    async fn pruned_through(&self, scope: Scope) -> Result<Ulid, StoreError>;
+    /// Removes, per map, events older than `older_than` and all but the
+    /// newest `keep` ones. Returns how many were removed.
+    async fn prune(&self, older_than: Ulid, keep: u64) -> Result<u64, StoreError>;
+}
+
+/// The store handle shared by actors and handlers.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store a URL names (`postgres://` or `sqlite:`).
+///
+/// # Errors
+/// An unknown scheme, or a database that cannot be opened.
+pub async fn open(url: &str) -> Result<SharedStore, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url)?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "database.url must start with postgres:// or sqlite:, got `{}`",
+            url.split(':').next().unwrap_or_default()
+        )))
+    }
+}
+
+/// Runs a store call with [`STORE_TIMEOUT`].
+pub(crate) async fn timed<T>(
+    fut: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(STORE_TIMEOUT, fut).await {
+        Ok(result) => result.map_err(StoreError::from),
+        Err(_) => Err(StoreError::Unavailable("timed out".into())),
+    }
+}
+
+/// Reads a stored ULID column.
+pub(crate) fn ulid_column(text: &str) -> Result<Ulid, StoreError> {
+    Ulid::from_string(text).map_err(|e| StoreError::Corrupt(format!("id `{text}`: {e}")))
+}
+
+/// Converts an optional stored limit.
+pub(crate) fn limit_column(value: Option<i64>) -> Option<u64> {
+    value.and_then(|v| u64::try_from(v).ok())
+}
+
+/// Converts a limit for storage (values beyond i64 are clamped).
+pub(crate) fn limit_param(value: Option<u64>) -> Option<i64> {
+    value.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// Builds an [`Event`] from the stored columns.
+pub(crate) fn event_from_columns(
+    map_id: &str,
+    id: &str,
+    event_type: String,
+    source: String,
+    payload: &str,
+) -> Result<Event, StoreError> {
+    Ok(Event::new(ulid_column(id)?, ulid_column(map_id)?, event_type, source, payload))
+}
+
+/// The retention cut for one map: the newer of the age cut and the count cut.
+pub(crate) fn retention_cut(by_age: Option<String>, by_count: Option<String>) -> Option<String> {
+    by_age.into_iter().chain(by_count).max()
+}
+
+/// Implements [`Store`] for a backend struct with a `pool` field and two
+/// inherent methods, `run_migrations` and `insert_batch`. Everything else is
+/// the shared SQL of [`sql`], written once for both backends.
+macro_rules! impl_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            async fn migrate(&self) -> Result<(), $crate::store::StoreError> {
+                self.run_migrations().await
+            }
+
+            async fn ping(&self) -> Result<(), $crate::store::StoreError> {
+                $crate::store::timed(sqlx::query($crate::store::sql::PING).execute(&self.pool))
+                    .await
+                    .map(|_| ())
+            }
+
+            async fn load_directory(
+                &self,
+            ) -> Result<
+                (Vec<$crate::store::MapRecord>, Vec<$crate::store::KeyRecord>),
+                $crate::store::StoreError,
+            > {
+                use sqlx::Row as _;
+                let map_rows = $crate::store::timed(
+                    sqlx::query($crate::store::sql::SELECT_MAPS).fetch_all(&self.pool),
+                )
+                .await?;
+                let key_rows = $crate::store::timed(
+                    sqlx::query($crate::store::sql::SELECT_KEYS).fetch_all(&self.pool),
+                )
+                .await?;
+                let mut maps = Vec::with_capacity(map_rows.len());
+                for row in map_rows {
+                    maps.push($crate::store::MapRecord {
+                        id: $crate::store::ulid_column(row.try_get("id")?)?,
+                        slug: row.try_get("slug")?,
+                        name: row.try_get("name")?,
+                        created_ms: row.try_get("created_ms")?,
+                        max_connections: $crate::store::limit_column(row.try_get("max_connections")?),
+                        max_connections_per_key: $crate::store::limit_column(
+                            row.try_get("max_connections_per_key")?,
+                        ),
+                    });
+                }
+                let mut keys = Vec::with_capacity(key_rows.len());
+                for row in key_rows {
+                    let hash: &str = row.try_get("key_hash")?;
+                    keys.push($crate::store::KeyRecord {
+                        id: $crate::store::ulid_column(row.try_get("id")?)?,
+                        map_id: $crate::store::ulid_column(row.try_get("map_id")?)?,
+                        hash: $crate::auth::parse_hash_hex(hash).ok_or_else(|| {
+                            $crate::store::StoreError::Corrupt("api key hash".into())
+                        })?,
+                        created_ms: row.try_get("created_ms")?,
+                    });
+                }
+                Ok((maps, keys))
+            }
+
+            async fn insert_map(
+                &self,
+                map: &$crate::store::MapRecord,
+                key: &$crate::store::KeyRecord,
+            ) -> Result<(), $crate::store::StoreError> {
+                $crate::store::timed(async {
+                    let mut tx = self.pool.begin().await?;
+                    sqlx::query($crate::store::sql::INSERT_MAP)
+                        .bind(map.id.to_string())
+                        .bind(&map.slug)
+                        .bind(&map.name)
+                        .bind(map.created_ms)
+                        .bind($crate::store::limit_param(map.max_connections))
+                        .bind($crate::store::limit_param(map.max_connections_per_key))
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query($crate::store::sql::INSERT_KEY)
+                        .bind(key.id.to_string())
+                        .bind(key.map_id.to_string())
+                        .bind($crate::auth::hash_hex(&key.hash))
+                        .bind(key.created_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await
+                })
+                .await
+            }
+
+            async fn insert_key(
+                &self,
+                key: &$crate::store::KeyRecord,
+            ) -> Result<(), $crate::store::StoreError> {
+                $crate::store::timed(
+                    sqlx::query($crate::store::sql::INSERT_KEY)
+                        .bind(key.id.to_string())
+                        .bind(key.map_id.to_string())
+                        .bind($crate::auth::hash_hex(&key.hash))
+                        .bind(key.created_ms)
+                        .execute(&self.pool),
+                )
+                .await
+                .map(|_| ())
+            }
+
+            async fn delete_key(
+                &self,
+                map_id: ulid::Ulid,
+                key_id: ulid::Ulid,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let done = $crate::store::timed(
+                    sqlx::query($crate::store::sql::DELETE_KEY)
+                        .bind(key_id.to_string())
+                        .bind(map_id.to_string())
+                        .execute(&self.pool),
+                )
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn update_map_limits(
+                &self,
+                map_id: ulid::Ulid,
+                max_connections: Option<u64>,
+                max_connections_per_key: Option<u64>,
+            ) -> Result<(), $crate::store::StoreError> {
+                $crate::store::timed(
+                    sqlx::query($crate::store::sql::UPDATE_LIMITS)
+                        .bind($crate::store::limit_param(max_connections))
+                        .bind($crate::store::limit_param(max_connections_per_key))
+                        .bind(map_id.to_string())
+                        .execute(&self.pool),
+                )
+                .await
+                .map(|_| ())
+            }
+
+            async fn insert_events(
+                &self,
+                events: &[$crate::event::SharedEvent],
+            ) -> Result<(), $crate::store::StoreError> {
+                $crate::store::timed(self.insert_batch(events)).await
+            }
+
+            async fn newest_event_id(
+                &self,
+                scope: $crate::store::Scope,
+            ) -> Result<Option<ulid::Ulid>, $crate::store::StoreError> {
+                let query = match scope {
+                    Some(map) => sqlx::query_scalar::<_, String>($crate::store::sql::NEWEST_IN_MAP)
+                        .bind(map.to_string()),
+                    None => sqlx::query_scalar::<_, String>($crate::store::sql::NEWEST_ANY),
+                };
+                let id = $crate::store::timed(query.fetch_optional(&self.pool)).await?;
+                id.as_deref().map($crate::store::ulid_column).transpose()
+            }
+
+            async fn events_after(
+                &self,
+                scope: $crate::store::Scope,
+                after: ulid::Ulid,
+                limit: u32,
+            ) -> Result<Vec<$crate::event::Event>, $crate::store::StoreError> {
+                use sqlx::Row as _;
+                let query = match scope {
+                    Some(map) => sqlx::query($crate::store::sql::AFTER_IN_MAP).bind(map.to_string()),
+                    None => sqlx::query($crate::store::sql::AFTER_ANY),
+                };
+                let rows = $crate::store::timed(
+                    query.bind(after.to_string()).bind(i64::from(limit)).fetch_all(&self.pool),
+                )
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        $crate::store::event_from_columns(
+                            row.try_get("map_id")?,
+                            row.try_get("id")?,
+                            row.try_get("type")?,
+                            row.try_get("source")?,
+                            row.try_get("payload")?,
+                        )
+                    })
+                    .collect()
+            }
+
+            async fn heads_between_desc(
+                &self,
+                scope: $crate::store::Scope,
+                after: ulid::Ulid,
+                before: ulid::Ulid,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::EventHead>, $crate::store::StoreError> {
+                use sqlx::Row as _;
+                let query = match scope {
+                    Some(map) => sqlx::query($crate::store::sql::HEADS_IN_MAP).bind(map.to_string()),
+                    None => sqlx::query($crate::store::sql::HEADS_ANY),
+                };
+                let rows = $crate::store::timed(
+                    query
+                        .bind(after.to_string())
+                        .bind(before.to_string())
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool),
+                )
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok($crate::store::EventHead {
+                            id: $crate::store::ulid_column(row.try_get("id")?)?,
+                            event_type: row.try_get("type")?,
+                            source: row.try_get("source")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn pruned_through(
+                &self,
+                scope: $crate::store::Scope,
+            ) -> Result<ulid::Ulid, $crate::store::StoreError> {
+                let query = match scope {
+                    Some(map) => sqlx::query_scalar::<_, Option<String>>($crate::store::sql::PRUNED_IN_MAP)
+                        .bind(map.to_string()),
+                    None => sqlx::query_scalar::<_, Option<String>>($crate::store::sql::PRUNED_ANY),
+                };
+                let id = $crate::store::timed(query.fetch_optional(&self.pool)).await?.flatten();
+                Ok(id.as_deref().map($crate::store::ulid_column).transpose()?.unwrap_or_default())
+            }
+
+            async fn prune(
+                &self,
+                older_than: ulid::Ulid,
+                keep: u64,
+            ) -> Result<u64, $crate::store::StoreError> {
+                let map_ids: Vec<String> = $crate::store::timed(
+                    sqlx::query_scalar($crate::store::sql::MAP_IDS).fetch_all(&self.pool),
+                )
+                .await?;
+                let mut removed = 0;
+                for map_id in map_ids {
+                    removed += $crate::store::timed(async {
+                        let mut tx = self.pool.begin().await?;
+                        let by_age: Option<String> = sqlx::query_scalar($crate::store::sql::CUT_BY_AGE)
+                            .bind(&map_id)
+                            .bind(older_than.to_string())
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        let by_count: Option<String> =
+                            sqlx::query_scalar($crate::store::sql::CUT_BY_COUNT)
+                                .bind(&map_id)
+                                .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        let Some(cut) = $crate::store::retention_cut(by_age, by_count) else {
+                            return Ok(0);
+                        };
+                        let done = sqlx::query($crate::store::sql::DELETE_THROUGH)
+                            .bind(&map_id)
+                            .bind(&cut)
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query($crate::store::sql::MARK_PRUNED)
+                            .bind(&cut)
+                            .bind(&map_id)
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
+                        Ok(done.rows_affected())
+                    })
+                    .await?;
+                }
+                Ok(removed)
+            }
+        }
+    };
+}
+pub(crate) use impl_store;

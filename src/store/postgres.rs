@@ -1,0 +1,72 @@
+//! PostgreSQL store (production): a pool with bounded waits, batch inserts
+//! with `UNNEST` (one statement per group commit).
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use super::StoreError;
+use crate::event::SharedEvent;
+
+/// Connections: enough for group commits, backfills and admin reads at once.
+const MAX_CONNECTIONS: u32 = 16;
+/// A publisher waiting for a connection gets its 503 well before a client
+/// timeout.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The PostgreSQL-backed [`super::Store`].
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Prepares a lazy pool: nothing is dialled until the first query, so a
+    /// database that comes back later is picked up by itself.
+    ///
+    /// # Errors
+    /// A malformed URL.
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy(url)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    async fn run_migrations(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/postgres")
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+    }
+
+    async fn insert_batch(&self, events: &[SharedEvent]) -> Result<(), sqlx::Error> {
+        let mut map_ids = Vec::with_capacity(events.len());
+        let mut ids = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut sources = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
+        for event in events {
+            map_ids.push(event.map_id.to_string());
+            ids.push(event.id.to_string());
+            types.push(event.event_type.as_str());
+            sources.push(event.source.as_str());
+            payloads.push(event.payload());
+        }
+        sqlx::query(
+            "INSERT INTO events (map_id, id, type, source, payload) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])",
+        )
+        .bind(&map_ids)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&sources)
+        .bind(&payloads)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+super::impl_store!(PgStore);

@@ -1,0 +1,42 @@
+//! SQL both backends run as written (placeholders `$1..` appear in order, so
+//! SQLite binds them by position exactly as PostgreSQL does).
+
+pub const PING: &str = "SELECT 1";
+
+pub const SELECT_MAPS: &str = "SELECT id, slug, name, created_ms, max_connections, \
+     max_connections_per_key FROM maps ORDER BY id";
+pub const SELECT_KEYS: &str = "SELECT id, map_id, key_hash, created_ms FROM api_keys ORDER BY id";
+pub const INSERT_MAP: &str = "INSERT INTO maps (id, slug, name, created_ms, max_connections, \
+     max_connections_per_key) VALUES ($1, $2, $3, $4, $5, $6)";
+pub const INSERT_KEY: &str =
+    "INSERT INTO api_keys (id, map_id, key_hash, created_ms) VALUES ($1, $2, $3, $4)";
+pub const DELETE_KEY: &str = "DELETE FROM api_keys WHERE id = $1 AND map_id = $2";
+pub const UPDATE_LIMITS: &str =
+    "UPDATE maps SET max_connections = $1, max_connections_per_key = $2 WHERE id = $3";
+
+pub const NEWEST_IN_MAP: &str = "SELECT id FROM events WHERE map_id = $1 ORDER BY id DESC LIMIT 1";
+pub const NEWEST_ANY: &str = "SELECT id FROM events ORDER BY id DESC LIMIT 1";
+
+pub const AFTER_IN_MAP: &str = "SELECT map_id, id, type, source, payload FROM events \
+     WHERE map_id = $1 AND id > $2 ORDER BY id LIMIT $3";
+pub const AFTER_ANY: &str = "SELECT map_id, id, type, source, payload FROM events \
+     WHERE id > $1 ORDER BY id LIMIT $2";
+
+pub const HEADS_IN_MAP: &str = "SELECT id, type, source FROM events \
+     WHERE map_id = $1 AND id > $2 AND id < $3 ORDER BY id DESC LIMIT $4";
+pub const HEADS_ANY: &str = "SELECT id, type, source FROM events \
+     WHERE id > $1 AND id < $2 ORDER BY id DESC LIMIT $3";
+
+pub const PRUNED_IN_MAP: &str = "SELECT pruned_through FROM maps WHERE id = $1";
+pub const PRUNED_ANY: &str = "SELECT MAX(pruned_through) FROM maps";
+
+pub const MAP_IDS: &str = "SELECT id FROM maps";
+pub const CUT_BY_AGE: &str = "SELECT MAX(id) FROM events WHERE map_id = $1 AND id < $2";
+pub const CUT_BY_COUNT: &str =
+    "SELECT id FROM events WHERE map_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2";
+pub const DELETE_THROUGH: &str = "DELETE FROM events WHERE map_id = $1 AND id <= $2";
+pub const MARK_PRUNED: &str =
+    "UPDATE maps SET pruned_through = $1 WHERE id = $2 AND pruned_through < $1";
+
+pub const INSERT_EVENT: &str =
+    "INSERT INTO events (map_id, id, type, source, payload) VALUES ($1, $2, $3, $4, $5)";
