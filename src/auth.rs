@@ -59,7 +59,9 @@ pub fn secret_matches(presented: &str, expected: &str) -> bool {
 /// compared, so timing does not tell which one matched.
 pub fn secret_in(presented: &str, candidates: &[String]) -> bool {
     let presented = hash_secret(presented);
-    candidates.iter().fold(false, |found, c| found | hashes_equal(&presented, &hash_secret(c)))
+    candidates.iter().fold(false, |found, c| {
+        found | hashes_equal(&presented, &hash_secret(c))
+    })
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if well formed.

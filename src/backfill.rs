@@ -53,7 +53,13 @@ pub struct Planner {
 impl Planner {
     /// Plans a replay of at most `max` events after `after`.
     pub fn new(after: Ulid, max: usize) -> Self {
-        Self { after, max, matched: 0, oldest: None, overflow_at: None }
+        Self {
+            after,
+            max,
+            matched: 0,
+            oldest: None,
+            overflow_at: None,
+        }
     }
 
     /// Feeds the next older matching event; returns `false` once enough
@@ -73,8 +79,10 @@ impl Planner {
         let truncated = self.overflow_at.is_some() || pruned;
         Plan {
             replay_after: self.overflow_at.unwrap_or(self.after),
-            truncation: truncated
-                .then_some(Truncation { requested: self.after, oldest_available: self.oldest }),
+            truncation: truncated.then_some(Truncation {
+                requested: self.after,
+                oldest_available: self.oldest,
+            }),
         }
     }
 }
@@ -94,7 +102,9 @@ pub async fn plan_from_store(
     let mut planner = Planner::new(after, max);
     let mut before = Ulid::max();
     'scan: loop {
-        let heads = store.heads_between_desc(scope, after, before, PLAN_PAGE).await?;
+        let heads = store
+            .heads_between_desc(scope, after, before, PLAN_PAGE)
+            .await?;
         for head in &heads {
             if filter.matches(&head.event_type, &head.source) && !planner.push(head.id) {
                 break 'scan;
@@ -122,7 +132,13 @@ mod tests {
         let mut p = Planner::new(id(1), 3);
         assert!(p.push(id(5)) && p.push(id(4)));
         let plan = p.finish(false);
-        assert_eq!(plan, Plan { replay_after: id(1), truncation: None });
+        assert_eq!(
+            plan,
+            Plan {
+                replay_after: id(1),
+                truncation: None
+            }
+        );
     }
 
     #[test]
@@ -132,13 +148,25 @@ mod tests {
         assert!(!p.push(id(7)));
         let plan = p.finish(false);
         assert_eq!(plan.replay_after, id(7));
-        assert_eq!(plan.truncation, Some(Truncation { requested: id(1), oldest_available: Some(id(8)) }));
+        assert_eq!(
+            plan.truncation,
+            Some(Truncation {
+                requested: id(1),
+                oldest_available: Some(id(8))
+            })
+        );
     }
 
     #[test]
     fn pruning_is_reported_even_when_nothing_remains() {
         let plan = Planner::new(id(1), 10).finish(true);
-        assert_eq!(plan.truncation, Some(Truncation { requested: id(1), oldest_available: None }));
+        assert_eq!(
+            plan.truncation,
+            Some(Truncation {
+                requested: id(1),
+                oldest_available: None
+            })
+        );
         let json = serde_json::to_value(plan.truncation.unwrap()).unwrap();
         assert_eq!(json["oldest_available"], serde_json::Value::Null);
         assert_eq!(json["requested"], id(1).to_string());

@@ -41,7 +41,10 @@ pub struct ServerSettings {
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        Self { bind: "127.0.0.1:8080".into(), workers: 0 }
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            workers: 0,
+        }
     }
 }
 
@@ -54,7 +57,9 @@ pub struct DatabaseSettings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: "sqlite://herald.db".into() }
+        Self {
+            url: "sqlite://herald.db".into(),
+        }
     }
 }
 
@@ -71,7 +76,12 @@ pub struct SseSettings {
 
 impl Default for SseSettings {
     fn default() -> Self {
-        Self { enabled: true, keepalive_secs: 15, retry_ms: 3000, client_buffer: 1024 }
+        Self {
+            enabled: true,
+            keepalive_secs: 15,
+            retry_ms: 3000,
+            client_buffer: 1024,
+        }
     }
 }
 
@@ -152,7 +162,9 @@ pub struct CorsSettings {
 
 impl Default for CorsSettings {
     fn default() -> Self {
-        Self { allowed_origins: vec!["*".into()] }
+        Self {
+            allowed_origins: vec!["*".into()],
+        }
     }
 }
 
@@ -166,7 +178,11 @@ pub struct PublishSettings {
 
 impl Default for PublishSettings {
     fn default() -> Self {
-        Self { max_body_bytes: 1 << 20, max_event_bytes: 64 << 10, max_batch: 1000 }
+        Self {
+            max_body_bytes: 1 << 20,
+            max_event_bytes: 64 << 10,
+            max_batch: 1000,
+        }
     }
 }
 
@@ -189,9 +205,12 @@ fn string_or_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Er
         Many(Vec<String>),
     }
     Ok(match OneOrMany::deserialize(de)? {
-        OneOrMany::One(s) => {
-            s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
-        }
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
         OneOrMany::Many(v) => v,
     })
 }
@@ -220,8 +239,11 @@ impl Settings {
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true);
-        let settings: Settings =
-            config::Config::builder().add_source(file).add_source(env).build()?.try_deserialize()?;
+        let settings: Settings = config::Config::builder()
+            .add_source(file)
+            .add_source(env)
+            .build()?
+            .try_deserialize()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -233,20 +255,33 @@ impl Settings {
     /// [`ConfigError::Invalid`] naming the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bind: SocketAddr = self.server.bind.parse().map_err(|_| {
-            ConfigError::Invalid(format!("server.bind `{}` is not an IP:port address", self.server.bind))
+            ConfigError::Invalid(format!(
+                "server.bind `{}` is not an IP:port address",
+                self.server.bind
+            ))
         })?;
         if self.sse.client_buffer == 0 {
-            return Err(ConfigError::Invalid("sse.client_buffer must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "sse.client_buffer must be at least 1".into(),
+            ));
         }
         if self.sse.keepalive_secs == 0 {
-            return Err(ConfigError::Invalid("sse.keepalive_secs must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "sse.keepalive_secs must be at least 1".into(),
+            ));
         }
         if self.auth.admin_token.is_empty() {
-            return Err(ConfigError::Invalid("auth.admin_token must not be empty".into()));
+            return Err(ConfigError::Invalid(
+                "auth.admin_token must not be empty".into(),
+            ));
         }
         if !bind.ip().is_loopback() {
             let demo = self.auth.admin_token == DEMO_ADMIN_TOKEN
-                || self.auth.publisher_tokens.iter().any(|t| t == DEMO_PUBLISHER_TOKEN)
+                || self
+                    .auth
+                    .publisher_tokens
+                    .iter()
+                    .any(|t| t == DEMO_PUBLISHER_TOKEN)
                 || self.maps.iter().any(|m| m.api_key == DEMO_MAP_KEY);
             if demo {
                 return Err(ConfigError::Invalid(format!(

@@ -133,8 +133,17 @@ impl ConnectionTable {
             *inner.per_key.entry(key).or_default() += 1;
         }
         let info = Arc::new(info);
-        inner.entries.insert(info.id, Entry { info: Arc::clone(&info), closer: None });
-        Ok(ConnectionGuard { table: Arc::clone(self), info })
+        inner.entries.insert(
+            info.id,
+            Entry {
+                info: Arc::clone(&info),
+                closer: None,
+            },
+        );
+        Ok(ConnectionGuard {
+            table: Arc::clone(self),
+            info,
+        })
     }
 
     fn release(&self, info: &ConnectionInfo) {
@@ -205,7 +214,12 @@ impl ConnectionTable {
     }
 
     /// Streams (optionally of one map) by id, a page of them, and the total.
-    pub fn list(&self, map_id: Option<Ulid>, limit: usize, offset: usize) -> (usize, Vec<Arc<ConnectionInfo>>) {
+    pub fn list(
+        &self,
+        map_id: Option<Ulid>,
+        limit: usize,
+        offset: usize,
+    ) -> (usize, Vec<Arc<ConnectionInfo>>) {
         let mut infos: Vec<Arc<ConnectionInfo>> = self
             .lock()
             .entries
@@ -214,7 +228,10 @@ impl ConnectionTable {
             .map(|e| Arc::clone(&e.info))
             .collect();
         infos.sort_by_key(|i| i.id);
-        (infos.len(), infos.into_iter().skip(offset).take(limit).collect())
+        (
+            infos.len(),
+            infos.into_iter().skip(offset).take(limit).collect(),
+        )
     }
 }
 
@@ -250,30 +267,54 @@ mod tests {
     fn limits_are_exact_and_slots_free_on_drop() {
         let table = Arc::new(ConnectionTable::default());
         let (map, key) = (Ulid::generate(), Ulid::generate());
-        let limits = Admission { max_global: 10, max_per_map: Some(3), max_per_key: Some(2) };
+        let limits = Admission {
+            max_global: 10,
+            max_per_map: Some(3),
+            max_per_key: Some(2),
+        };
         let a = table.admit(info(Some(map), Some(key)), limits).unwrap();
         let _b = table.admit(info(Some(map), Some(key)), limits).unwrap();
-        assert_eq!(table.admit(info(Some(map), Some(key)), limits).err(), Some(LimitExceeded::Key));
+        assert_eq!(
+            table.admit(info(Some(map), Some(key)), limits).err(),
+            Some(LimitExceeded::Key)
+        );
         let _c = table.admit(info(Some(map), None), limits).unwrap();
-        assert_eq!(table.admit(info(Some(map), None), limits).err(), Some(LimitExceeded::Map));
+        assert_eq!(
+            table.admit(info(Some(map), None), limits).err(),
+            Some(LimitExceeded::Map)
+        );
         drop(a);
         assert_eq!(table.map_count(map), 2);
         assert_eq!(table.key_count(key), 1);
         let _d = table.admit(info(Some(map), Some(key)), limits).unwrap();
-        let global = Admission { max_global: 3, max_per_map: None, max_per_key: None };
-        assert_eq!(table.admit(info(None, None), global).err(), Some(LimitExceeded::Global));
+        let global = Admission {
+            max_global: 3,
+            max_per_map: None,
+            max_per_key: None,
+        };
+        assert_eq!(
+            table.admit(info(None, None), global).err(),
+            Some(LimitExceeded::Global)
+        );
     }
 
     #[test]
     fn concurrent_admission_admits_exactly_the_limit() {
         let table = Arc::new(ConnectionTable::default());
         let map = Ulid::generate();
-        let limits = Admission { max_global: 1000, max_per_map: Some(7), max_per_key: None };
+        let limits = Admission {
+            max_global: 1000,
+            max_per_map: Some(7),
+            max_per_key: None,
+        };
         let guards: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..32)
                 .map(|_| s.spawn(|| table.admit(info(Some(map), None), limits).ok()))
                 .collect();
-            handles.into_iter().filter_map(|h| h.join().unwrap()).collect()
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap())
+                .collect()
         });
         assert_eq!(guards.len(), 7);
         drop(guards);

@@ -63,7 +63,9 @@ pub fn is_valid_slug(slug: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 64
         && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && parse_ulid(slug).is_none()
 }
 
@@ -86,17 +88,24 @@ impl Directory {
         for key in keys {
             inner.keys.insert(key.hash, key);
         }
-        Ok(Self { store, inner: RwLock::new(inner) })
+        Ok(Self {
+            store,
+            inner: RwLock::new(inner),
+        })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the maps half-written
         // (every write is a single insert or remove), so poisoning is ignored.
-        self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The map named by its id or slug.
@@ -119,13 +128,22 @@ impl Directory {
     pub fn key_for_secret(&self, secret: &str) -> Option<KeyRecord> {
         let hash = hash_secret(secret);
         let inner = self.read();
-        inner.keys.get(&hash).filter(|k| hashes_equal(&k.hash, &hash)).cloned()
+        inner
+            .keys
+            .get(&hash)
+            .filter(|k| hashes_equal(&k.hash, &hash))
+            .cloned()
     }
 
     /// A map's keys, oldest first.
     pub fn keys_of(&self, map_id: Ulid) -> Vec<KeyRecord> {
-        let mut keys: Vec<KeyRecord> =
-            self.read().keys.values().filter(|k| k.map_id == map_id).cloned().collect();
+        let mut keys: Vec<KeyRecord> = self
+            .read()
+            .keys
+            .values()
+            .filter(|k| k.map_id == map_id)
+            .cloned()
+            .collect();
         keys.sort_by_key(|k| k.id);
         keys
     }
@@ -135,7 +153,10 @@ impl Directory {
         let inner = self.read();
         let mut maps: Vec<Arc<MapRecord>> = inner.maps.values().cloned().collect();
         maps.sort_by_key(|m| m.id);
-        (maps.len(), maps.into_iter().skip(offset).take(limit).collect())
+        (
+            maps.len(),
+            maps.into_iter().skip(offset).take(limit).collect(),
+        )
     }
 
     /// How many maps exist.
@@ -187,7 +208,9 @@ impl Directory {
         }
         let issued = new_key(map_id, None);
         self.store.insert_key(&issued.key).await?;
-        self.write().keys.insert(issued.key.hash, issued.key.clone());
+        self.write()
+            .keys
+            .insert(issued.key.hash, issued.key.clone());
         Ok(issued)
     }
 
@@ -214,9 +237,14 @@ impl Directory {
         max_connections_per_key: Option<u64>,
     ) -> Result<Arc<MapRecord>, DirectoryError> {
         let current = self.map(map_id).ok_or(DirectoryError::MapNotFound)?;
-        self.store.update_map_limits(map_id, max_connections, max_connections_per_key).await?;
-        let updated =
-            Arc::new(MapRecord { max_connections, max_connections_per_key, ..(*current).clone() });
+        self.store
+            .update_map_limits(map_id, max_connections, max_connections_per_key)
+            .await?;
+        let updated = Arc::new(MapRecord {
+            max_connections,
+            max_connections_per_key,
+            ..(*current).clone()
+        });
         self.write().maps.insert(map_id, Arc::clone(&updated));
         Ok(updated)
     }
@@ -230,7 +258,8 @@ impl Directory {
         for seed in seeds {
             match self.resolve(&seed.slug) {
                 None => {
-                    self.create_map(&seed.slug, seed.name.as_deref(), Some(&seed.api_key)).await?;
+                    self.create_map(&seed.slug, seed.name.as_deref(), Some(&seed.api_key))
+                        .await?;
                     log::info!("seeded map `{}`", seed.slug);
                 }
                 Some(map) if self.key_for_secret(&seed.api_key).is_none() => {
@@ -247,7 +276,12 @@ impl Directory {
 
 fn new_key(map_id: Ulid, secret: Option<&str>) -> IssuedKey {
     let secret = secret.map_or_else(|| generate_secret("hk_"), str::to_owned);
-    let key = KeyRecord { id: Ulid::generate(), map_id, hash: hash_secret(&secret), created_ms: now_ms() };
+    let key = KeyRecord {
+        id: Ulid::generate(),
+        map_id,
+        hash: hash_secret(&secret),
+        created_ms: now_ms(),
+    };
     IssuedKey { key, secret }
 }
 
@@ -261,7 +295,15 @@ mod tests {
             assert!(is_valid_slug(ok), "{ok}");
         }
         let too_long = "a".repeat(65);
-        for bad in ["", "-a", "Demo", "a_b", "a.b", "01jd0000000000000000000000", too_long.as_str()] {
+        for bad in [
+            "",
+            "-a",
+            "Demo",
+            "a_b",
+            "a.b",
+            "01jd0000000000000000000000",
+            too_long.as_str(),
+        ] {
             assert!(!is_valid_slug(bad), "{bad}");
         }
     }

@@ -42,9 +42,8 @@ impl Event {
     pub fn new(id: Ulid, map_id: Ulid, event_type: String, source: String, payload: &str) -> Self {
         let id_text = id.to_string();
         let created_at = format_ulid_time(id);
-        let mut frame = BytesMut::with_capacity(
-            160 + 2 * event_type.len() + source.len() + payload.len(),
-        );
+        let mut frame =
+            BytesMut::with_capacity(160 + 2 * event_type.len() + source.len() + payload.len());
         frame.put_slice(b"id: ");
         frame.put_slice(id_text.as_bytes());
         frame.put_slice(b"\nevent: ");
@@ -66,7 +65,14 @@ impl Event {
         frame.put_slice(b"\",\"payload\":");
         frame.put_slice(payload.as_bytes());
         frame.put_slice(b"}\n\n");
-        Self { id, map_id, event_type, source, frame: frame.freeze(), envelope_start }
+        Self {
+            id,
+            map_id,
+            event_type,
+            source,
+            frame: frame.freeze(),
+            envelope_start,
+        }
     }
 
     /// The whole SSE frame, ready to write.
@@ -124,7 +130,9 @@ pub fn parse_ulid(text: &str) -> Option<Ulid> {
 pub fn is_valid_name(name: &str, allow_empty: bool) -> bool {
     (allow_empty || !name.is_empty())
         && name.len() <= MAX_NAME_LEN
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 /// Limits a publish body is checked against.
@@ -160,7 +168,10 @@ struct RawEvent<'a> {
 ///
 /// # Errors
 /// The first problem found, naming the field and the array index.
-pub fn parse_publish_body(body: &[u8], limits: PublishLimits) -> Result<Vec<NewEvent>, PublishError> {
+pub fn parse_publish_body(
+    body: &[u8],
+    limits: PublishLimits,
+) -> Result<Vec<NewEvent>, PublishError> {
     let root: &RawValue =
         serde_json::from_slice(body).map_err(|e| PublishError::InvalidJson(e.to_string()))?;
     let text = root.get();
@@ -168,7 +179,9 @@ pub fn parse_publish_body(body: &[u8], limits: PublishLimits) -> Result<Vec<NewE
         let items: Vec<&RawValue> =
             serde_json::from_str(text).map_err(|e| PublishError::InvalidJson(e.to_string()))?;
         if items.is_empty() {
-            return Err(PublishError::InvalidEvent("the event array is empty".into()));
+            return Err(PublishError::InvalidEvent(
+                "the event array is empty".into(),
+            ));
         }
         if items.len() > limits.max_batch {
             return Err(PublishError::TooLarge(format!(
@@ -214,7 +227,9 @@ fn parse_one(raw: &RawValue, at: &str, limits: PublishLimits) -> Result<NewEvent
             "{at}.source: must be 0-{MAX_NAME_LEN} characters of A-Z a-z 0-9 _ . : -"
         )));
     }
-    let payload = fields.payload.map_or_else(|| "null".to_owned(), |p| compact_json(p.get()));
+    let payload = fields
+        .payload
+        .map_or_else(|| "null".to_owned(), |p| compact_json(p.get()));
     if payload.len() > limits.max_event_bytes {
         return Err(PublishError::TooLarge(format!(
             "{at}.payload: {} bytes serialized, over the limit of {}",
@@ -222,7 +237,11 @@ fn parse_one(raw: &RawValue, at: &str, limits: PublishLimits) -> Result<NewEvent
             limits.max_event_bytes
         )));
     }
-    Ok(NewEvent { event_type, source, payload })
+    Ok(NewEvent {
+        event_type,
+        source,
+        payload,
+    })
 }
 
 /// Removes the insignificant whitespace of valid JSON text, keeping every
@@ -255,7 +274,10 @@ pub fn compact_json(json: &str) -> String {
 mod tests {
     use super::*;
 
-    const LIMITS: PublishLimits = PublishLimits { max_event_bytes: 64, max_batch: 3 };
+    const LIMITS: PublishLimits = PublishLimits {
+        max_event_bytes: 64,
+        max_batch: 3,
+    };
 
     fn parse(body: &str) -> Result<Vec<NewEvent>, PublishError> {
         parse_publish_body(body.as_bytes(), LIMITS)
@@ -289,7 +311,10 @@ mod tests {
     #[test]
     fn payload_text_round_trips_exactly() {
         let body = "{\"type\":\"t\",\"payload\":{\"n\": 1.50e3, \"big\": 123456789012345678901234567890, \"s\": \"a b\\u0000\\n\\\"\"}}";
-        let limits = PublishLimits { max_event_bytes: 1000, max_batch: 1 };
+        let limits = PublishLimits {
+            max_event_bytes: 1000,
+            max_batch: 1,
+        };
         let ev = &parse_publish_body(body.as_bytes(), limits).unwrap()[0];
         assert_eq!(
             ev.payload,
@@ -307,7 +332,10 @@ mod tests {
         assert!(err(r#"{"type":"a","source":"b c"}"#).contains("source"));
         assert!(err("[1]").contains("events[0]: must be a JSON object"));
         assert!(err("\"text\"").contains("must be a JSON object"));
-        assert_eq!(parse("[]").unwrap_err(), PublishError::InvalidEvent("the event array is empty".into()));
+        assert_eq!(
+            parse("[]").unwrap_err(),
+            PublishError::InvalidEvent("the event array is empty".into())
+        );
         assert!(matches!(parse("{"), Err(PublishError::InvalidJson(_))));
         assert!(matches!(parse(""), Err(PublishError::InvalidJson(_))));
         let long = "x".repeat(129);

@@ -30,14 +30,17 @@ enum Segment {
 impl Pattern {
     fn parse(text: &str) -> Result<Self, FilterError> {
         if text.len() > MAX_NAME_LEN {
-            return Err(FilterError(format!("event pattern longer than {MAX_NAME_LEN} characters")));
+            return Err(FilterError(format!(
+                "event pattern longer than {MAX_NAME_LEN} characters"
+            )));
         }
         let segments = text
             .split('.')
             .map(|seg| match seg {
                 "*" => Ok(Segment::Any),
                 s if !s.is_empty()
-                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-')) =>
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-')) =>
                 {
                     Ok(Segment::Literal(s.to_owned()))
                 }
@@ -47,14 +50,19 @@ impl Pattern {
                 ))),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { text: text.to_owned(), segments })
+        Ok(Self {
+            text: text.to_owned(),
+            segments,
+        })
     }
 
     fn matches(&self, event_type: &str) -> bool {
         let mut parts = event_type.split('.');
         let last = self.segments.len() - 1;
         for (i, segment) in self.segments.iter().enumerate() {
-            let Some(part) = parts.next() else { return false };
+            let Some(part) = parts.next() else {
+                return false;
+            };
             match segment {
                 Segment::Any if i == last => return true,
                 Segment::Any => {}
@@ -115,7 +123,12 @@ impl Filter {
 impl fmt::Display for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let patterns: Vec<&str> = self.patterns.iter().map(|p| p.text.as_str()).collect();
-        write!(f, "events={}&sources={}", patterns.join(","), self.sources.join(","))
+        write!(
+            f,
+            "events={}&sources={}",
+            patterns.join(","),
+            self.sources.join(",")
+        )
     }
 }
 

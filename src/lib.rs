@@ -7,14 +7,19 @@
 //! - [`auth`]: secrets — generation, hashing, constant-time checks.
 //! - [`store`]: the store trait with its PostgreSQL and SQLite implementations.
 
+pub mod actors;
 pub mod auth;
+pub mod backfill;
 pub mod config;
+pub mod connections;
+pub mod directory;
 pub mod error;
 pub mod event;
 pub mod filter;
+pub mod http;
+pub mod metrics;
+pub mod rate_limit;
+pub mod server;
+pub mod sse_tokens;
+pub mod state;
 pub mod store;
-pub mod actors;
-pub mod backfill;
-pub mod connections;
-pub mod directory;
-pub mod stats;

@@ -106,8 +106,9 @@ impl MapHub {
         // `wait`: no message is handled before the head is known, so no
         // subscriber can start from a stale position.
         ctx.wait(
-            async move { store.newest_event_id(scope).await }.into_actor(self).map(|result, hub, _| {
-                match result {
+            async move { store.newest_event_id(scope).await }
+                .into_actor(self)
+                .map(|result, hub, _| match result {
                     Ok(newest) => {
                         let newest = newest.unwrap_or_default();
                         hub.head = Some(hub.head.map_or(newest, |h| h.max(newest)));
@@ -115,9 +116,10 @@ impl MapHub {
                             hub.complete_after = hub.head;
                         }
                     }
-                    Err(err) => log::warn!("hub {:?}: cannot load newest event id: {err}", hub.scope),
-                }
-            }),
+                    Err(err) => {
+                        log::warn!("hub {:?}: cannot load newest event id: {err}", hub.scope)
+                    }
+                }),
         );
     }
 
@@ -143,8 +145,11 @@ impl MapHub {
             return None;
         }
         let start = self.hot.partition_point(|e| e.id <= after);
-        let matching: Vec<&SharedEvent> =
-            self.hot.range(start..).filter(|e| filter.matches(&e.event_type, &e.source)).collect();
+        let matching: Vec<&SharedEvent> = self
+            .hot
+            .range(start..)
+            .filter(|e| filter.matches(&e.event_type, &e.source))
+            .collect();
         let mut planner = Planner::new(after, self.config.max_backfill);
         for event in matching.iter().rev() {
             if !planner.push(event.id) {
@@ -152,8 +157,15 @@ impl MapHub {
             }
         }
         let plan = planner.finish(false);
-        let events = matching.into_iter().filter(|e| e.id > plan.replay_after).cloned().collect();
-        Some(HotBackfill { events, truncation: plan.truncation })
+        let events = matching
+            .into_iter()
+            .filter(|e| e.id > plan.replay_after)
+            .cloned()
+            .collect();
+        Some(HotBackfill {
+            events,
+            truncation: plan.truncation,
+        })
     }
 
     fn schedule_idle_check(&self, ctx: &mut Context<Self>) {
@@ -175,8 +187,6 @@ impl Actor for MapHub {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Committed events queue up in the mailbox while the head loads.
-        ctx.set_mailbox_capacity(usize::MAX);
         self.load_head(ctx);
         self.schedule_idle_check(ctx);
     }
@@ -194,7 +204,13 @@ impl Handler<Subscribe> for MapHub {
             None => Some(HotBackfill::default()),
             Some(after) => self.hot_backfill(after, &msg.filter),
         };
-        self.subscribers.insert(msg.conn_id, Subscriber { outbox: msg.outbox, filter: msg.filter });
+        self.subscribers.insert(
+            msg.conn_id,
+            Subscriber {
+                outbox: msg.outbox,
+                filter: msg.filter,
+            },
+        );
         Ok(Subscription { head, hot })
     }
 }
@@ -305,11 +321,21 @@ impl Hubs {
     fn hub(&self, scope: Scope) -> Addr<MapHub> {
         match scope {
             Some(map_id) => {
-                let mut hubs = self.0.map_hubs.lock().unwrap_or_else(PoisonError::into_inner);
-                hubs.entry(map_id).or_insert_with(|| self.start_hub(scope)).clone()
+                let mut hubs = self
+                    .0
+                    .map_hubs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                hubs.entry(map_id)
+                    .or_insert_with(|| self.start_hub(scope))
+                    .clone()
             }
             None => {
-                let mut firehose = self.0.firehose.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut firehose = self
+                    .0
+                    .firehose
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 firehose.get_or_insert_with(|| self.start_hub(None)).clone()
             }
         }
@@ -319,7 +345,11 @@ impl Hubs {
     ///
     /// # Errors
     /// The hub does not know where streams start (store unreachable).
-    pub async fn subscribe(&self, scope: Scope, request: Subscribe) -> Result<Subscription, HubUnavailable> {
+    pub async fn subscribe(
+        &self,
+        scope: Scope,
+        request: Subscribe,
+    ) -> Result<Subscription, HubUnavailable> {
         let mut request = Some(request);
         for _ in 0..SUBSCRIBE_ATTEMPTS {
             let hub = self.hub(scope);
@@ -331,7 +361,14 @@ impl Hubs {
                 Ok(result) => return result,
                 // The hub stopped between lookup and delivery: it is gone
                 // from the registry now, so the next lookup starts a new one.
-                Err(_) => request = Some(Subscribe { conn_id, outbox, filter, after }),
+                Err(_) => {
+                    request = Some(Subscribe {
+                        conn_id,
+                        outbox,
+                        filter,
+                        after,
+                    })
+                }
             }
         }
         Err(HubUnavailable)
@@ -340,10 +377,19 @@ impl Hubs {
     /// Removes a session from the hub of `scope`, if that hub runs.
     pub fn unsubscribe(&self, scope: Scope, conn_id: Ulid) {
         let hub = match scope {
-            Some(map_id) => {
-                self.0.map_hubs.lock().unwrap_or_else(PoisonError::into_inner).get(&map_id).cloned()
-            }
-            None => self.0.firehose.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            Some(map_id) => self
+                .0
+                .map_hubs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&map_id)
+                .cloned(),
+            None => self
+                .0
+                .firehose
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         };
         if let Some(hub) = hub {
             hub.do_send(Unsubscribe { conn_id });
@@ -355,16 +401,31 @@ impl Hubs {
     pub fn deliver(&self, batch: &[SharedEvent]) {
         let mut by_map: HashMap<Ulid, Vec<SharedEvent>> = HashMap::new();
         for event in batch {
-            by_map.entry(event.map_id).or_default().push(Arc::clone(event));
+            by_map
+                .entry(event.map_id)
+                .or_default()
+                .push(Arc::clone(event));
         }
         let targets: Vec<(Addr<MapHub>, Vec<SharedEvent>)> = {
-            let hubs = self.0.map_hubs.lock().unwrap_or_else(PoisonError::into_inner);
-            by_map.into_iter().filter_map(|(map, events)| Some((hubs.get(&map)?.clone(), events))).collect()
+            let hubs = self
+                .0
+                .map_hubs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            by_map
+                .into_iter()
+                .filter_map(|(map, events)| Some((hubs.get(&map)?.clone(), events)))
+                .collect()
         };
         for (hub, events) in targets {
             hub.do_send(Committed(events));
         }
-        let firehose = self.0.firehose.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let firehose = self
+            .0
+            .firehose
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         if let Some(firehose) = firehose {
             firehose.do_send(Committed(batch.to_vec()));
         }
@@ -372,6 +433,10 @@ impl Hubs {
 
     /// Number of running map hubs.
     pub fn running(&self) -> usize {
-        self.0.map_hubs.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.0
+            .map_hubs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }

@@ -14,7 +14,7 @@ use ulid::Ulid;
 
 use super::hub::Hubs;
 use crate::event::{Event, NewEvent, SharedEvent};
-use crate::stats::Stats;
+use crate::metrics::Metrics;
 use crate::store::{SharedStore, StoreError};
 
 /// Events per commit at most: bounds one transaction's size and latency.
@@ -43,7 +43,7 @@ pub struct Flush;
 pub struct Persistence {
     store: SharedStore,
     hubs: Hubs,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
     queue: VecDeque<PendingPublish>,
     committing: bool,
     ids: ulid::Generator,
@@ -52,7 +52,9 @@ pub struct Persistence {
 
 impl Persistence {
     fn next_id(&mut self) -> Ulid {
-        self.ids.generate().unwrap_or_else(|overflow| overflow.commit_overflow_increment())
+        self.ids
+            .generate()
+            .unwrap_or_else(|overflow| overflow.commit_overflow_increment())
     }
 
     /// Starts the next commit unless one runs or nothing waits.
@@ -72,12 +74,20 @@ impl Persistence {
             if !publishes.is_empty() && events.len() + next.events.len() > MAX_EVENTS_PER_COMMIT {
                 break;
             }
-            let Some(publish) = self.queue.pop_front() else { break };
+            let Some(publish) = self.queue.pop_front() else {
+                break;
+            };
             let mut ids = Vec::with_capacity(publish.events.len());
             for new in publish.events {
                 let id = self.next_id();
                 ids.push(id);
-                events.push(Arc::new(Event::new(id, publish.map_id, new.event_type, new.source, &new.payload)));
+                events.push(Arc::new(Event::new(
+                    id,
+                    publish.map_id,
+                    new.event_type,
+                    new.source,
+                    &new.payload,
+                )));
             }
             publishes.push((ids, publish.reply));
         }
@@ -85,30 +95,36 @@ impl Persistence {
         let store = Arc::clone(&self.store);
         let batch = Arc::new(events);
         let committed = Arc::clone(&batch);
-        ctx.spawn(async move { store.insert_events(&batch).await }.into_actor(self).map(
-            move |result, this, ctx| {
-                this.committing = false;
-                match result {
-                    Ok(()) => {
-                        Stats::add(&this.stats.store_batches, 1);
-                        Stats::add(&this.stats.published, committed.len() as u64);
-                        this.hubs.deliver(&committed);
-                        for (ids, reply) in publishes {
-                            let _ = reply.send(Ok(ids));
+        let started = std::time::Instant::now();
+        ctx.spawn(
+            async move { store.insert_events(&batch).await }
+                .into_actor(self)
+                .map(move |result, this, ctx| {
+                    this.committing = false;
+                    match result {
+                        Ok(()) => {
+                            this.metrics
+                                .commit_seconds
+                                .observe(started.elapsed().as_secs_f64());
+                            this.metrics.store_batches.inc();
+                            this.metrics.published.inc_by(committed.len() as u64);
+                            this.hubs.deliver(&committed);
+                            for (ids, reply) in publishes {
+                                let _ = reply.send(Ok(ids));
+                            }
+                        }
+                        Err(err) => {
+                            this.metrics.store_failures.inc();
+                            log::warn!("commit of {} events failed: {err}", committed.len());
+                            let message = err.to_string();
+                            for (_, reply) in publishes {
+                                let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+                            }
                         }
                     }
-                    Err(err) => {
-                        Stats::add(&this.stats.store_failures, 1);
-                        log::warn!("commit of {} events failed: {err}", committed.len());
-                        let message = err.to_string();
-                        for (_, reply) in publishes {
-                            let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
-                        }
-                    }
-                }
-                this.commit_next(ctx);
-            },
-        ));
+                    this.commit_next(ctx);
+                }),
+        );
     }
 }
 
@@ -144,12 +160,12 @@ pub struct PersistenceHandle(Addr<Persistence>);
 
 impl PersistenceHandle {
     /// Starts the actor on the current arbiter.
-    pub fn start(store: SharedStore, hubs: Hubs, stats: Arc<Stats>) -> Self {
+    pub fn start(store: SharedStore, hubs: Hubs, metrics: Arc<Metrics>) -> Self {
         Self(
             Persistence {
                 store,
                 hubs,
-                stats,
+                metrics,
                 queue: VecDeque::new(),
                 committing: false,
                 ids: ulid::Generator::new(),
@@ -163,9 +179,17 @@ impl PersistenceHandle {
     ///
     /// # Errors
     /// The store failed or did not answer in time: nothing was acknowledged.
-    pub async fn publish(&self, map_id: Ulid, events: Vec<NewEvent>) -> Result<Vec<Ulid>, StoreError> {
+    pub async fn publish(
+        &self,
+        map_id: Ulid,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Ulid>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.0.do_send(Publish(PendingPublish { map_id, events, reply }));
+        self.0.do_send(Publish(PendingPublish {
+            map_id,
+            events,
+            reply,
+        }));
         match tokio::time::timeout(PUBLISH_TIMEOUT, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(StoreError::Unavailable("persistence stopped".into())),

@@ -34,7 +34,7 @@ use crate::connections::ConnectionGuard;
 use crate::error::ApiError;
 use crate::event::{now_rfc3339, SharedEvent};
 use crate::filter::Filter;
-use crate::stats::Stats;
+use crate::metrics::Metrics;
 use crate::store::{Scope, SharedStore};
 
 /// Events read from the store per backfill query.
@@ -101,8 +101,10 @@ impl Actor for Session {
         log::info!(
             "connect conn={} map={} key={} remote={} filter={}",
             info.id,
-            info.map_id.map_or_else(|| "*".to_owned(), |m| m.to_string()),
-            info.key_id.map_or_else(|| "admin".to_owned(), |k| k.to_string()),
+            info.map_id
+                .map_or_else(|| "*".to_owned(), |m| m.to_string()),
+            info.key_id
+                .map_or_else(|| "admin".to_owned(), |k| k.to_string()),
             info.remote_addr,
             info.filter
         );
@@ -158,7 +160,7 @@ pub struct StreamRequest {
 pub struct StreamServices {
     pub hubs: Hubs,
     pub store: SharedStore,
-    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Subscribes, plans the backfill and starts the session; returns the body.
@@ -176,7 +178,12 @@ pub async fn open(
         .hubs
         .subscribe(
             req.scope,
-            Subscribe { conn_id, outbox: outbox_tx, filter: Arc::clone(&filter), after: req.after },
+            Subscribe {
+                conn_id,
+                outbox: outbox_tx,
+                filter: Arc::clone(&filter),
+                after: req.after,
+            },
         )
         .await
         .map_err(|_| ApiError::StoreUnavailable)?;
@@ -185,7 +192,9 @@ pub async fn open(
     let (phase, cursor, truncation) = match (req.after, subscription.hot) {
         (_, Some(hot)) => (Phase::Memory(hot.events.into()), start, hot.truncation),
         (Some(after), None) => {
-            match plan_from_store(&services.store, req.scope, after, &filter, req.max_backfill).await {
+            match plan_from_store(&services.store, req.scope, after, &filter, req.max_backfill)
+                .await
+            {
                 Ok(plan) => (Phase::Store, plan.replay_after, plan.truncation),
                 Err(err) => {
                     services.hubs.unsubscribe(req.scope, conn_id);
@@ -209,28 +218,34 @@ pub async fn open(
     .start();
 
     let state = BodyState {
-            preamble: Some(preamble),
-            phase,
-            cursor,
-            scope: req.scope,
-            conn_id,
-            filter,
-            outbox,
-            client_buffer: req.client_buffer,
-            services,
-            stop: stop_rx,
-            keepalive: req.keepalive,
-            last_write: Instant::now(),
-            ticker: Box::pin(tokio::time::sleep(req.keepalive)),
-            info,
-            link: BodyLink { session, reason: CloseReason::ClientGone },
-            batch: Vec::with_capacity(LIVE_BATCH),
+        preamble: Some(preamble),
+        phase,
+        cursor,
+        scope: req.scope,
+        conn_id,
+        filter,
+        outbox,
+        client_buffer: req.client_buffer,
+        services,
+        stop: stop_rx,
+        keepalive: req.keepalive,
+        last_write: Instant::now(),
+        ticker: Box::pin(tokio::time::sleep(req.keepalive)),
+        info,
+        link: BodyLink {
+            session,
+            reason: CloseReason::ClientGone,
+        },
+        batch: Vec::with_capacity(LIVE_BATCH),
     };
     // `unfold` keeps the pending chunk future inline: no allocation per write.
-    Ok(futures_util::stream::unfold(state, |mut state| async move {
-        let chunk = state.next_chunk().await?;
-        Some((Ok(chunk), state))
-    }))
+    Ok(futures_util::stream::unfold(
+        state,
+        |mut state| async move {
+            let chunk = state.next_chunk().await?;
+            Some((Ok(chunk), state))
+        },
+    ))
 }
 
 /// `retry:`, `connected` and, when due, `backfill_truncated`.
@@ -246,7 +261,8 @@ fn preamble(
         "connection_id": conn_id.to_string(),
         "server_time": now_rfc3339(),
     });
-    let mut out = format!("retry: {retry_ms}\n\nid: {start}\nevent: connected\ndata: {connected}\n\n");
+    let mut out =
+        format!("retry: {retry_ms}\n\nid: {start}\nevent: connected\ndata: {connected}\n\n");
     if let Some(truncation) = truncation {
         // Serializing a struct of strings cannot fail.
         let data = serde_json::to_string(truncation).unwrap_or_default();
@@ -272,7 +288,9 @@ struct BodyLink {
 
 impl Drop for BodyLink {
     fn drop(&mut self) {
-        self.session.do_send(BodyEnded { reason: self.reason });
+        self.session.do_send(BodyEnded {
+            reason: self.reason,
+        });
     }
 }
 
@@ -298,7 +316,11 @@ struct BodyState {
 
 impl BodyState {
     /// Appends the frames of `events` newer than the cursor; returns how many.
-    fn write_events<'a>(&mut self, out: &mut BytesMut, events: impl IntoIterator<Item = &'a SharedEvent>) -> u64 {
+    fn write_events<'a>(
+        &mut self,
+        out: &mut BytesMut,
+        events: impl IntoIterator<Item = &'a SharedEvent>,
+    ) -> u64 {
         let mut written = 0;
         for event in events {
             if event.id > self.cursor {
@@ -316,7 +338,7 @@ impl BodyState {
         }
         if events > 0 {
             self.info.add_sent(events);
-            Stats::add(&self.services.stats.delivered, events);
+            self.services.metrics.delivered.inc_by(events);
         }
         self.last_write = Instant::now();
         Some(chunk.freeze())
@@ -331,9 +353,17 @@ impl BodyState {
         }
         let (outbox_tx, outbox) = mpsc::channel(self.client_buffer);
         self.outbox = outbox;
-        let request =
-            Subscribe { conn_id: self.conn_id, outbox: outbox_tx, filter: Arc::clone(&self.filter), after: None };
-        self.services.hubs.subscribe(self.scope, request).await.map_err(|_| CloseReason::StoreUnavailable)?;
+        let request = Subscribe {
+            conn_id: self.conn_id,
+            outbox: outbox_tx,
+            filter: Arc::clone(&self.filter),
+            after: None,
+        };
+        self.services
+            .hubs
+            .subscribe(self.scope, request)
+            .await
+            .map_err(|_| CloseReason::StoreUnavailable)?;
         self.phase = Phase::Store;
         Ok(())
     }
@@ -345,7 +375,10 @@ impl BodyState {
             return Some(preamble);
         }
         loop {
-            if !matches!(self.stop.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+            if !matches!(
+                self.stop.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            ) {
                 return None;
             }
             match &mut self.phase {
@@ -366,7 +399,12 @@ impl BodyState {
                     }
                 }
                 Phase::Store => {
-                    let page = match self.services.store.events_after(self.scope, self.cursor, BACKFILL_PAGE).await {
+                    let page = match self
+                        .services
+                        .store
+                        .events_after(self.scope, self.cursor, BACKFILL_PAGE)
+                        .await
+                    {
                         Ok(page) => page,
                         Err(err) => {
                             log::warn!("conn={} backfill read failed: {err}", self.conn_id);
@@ -378,7 +416,9 @@ impl BodyState {
                     let mut chunk = BytesMut::new();
                     let mut n = 0;
                     for event in &page {
-                        if event.id > self.cursor && self.filter.matches(&event.event_type, &event.source) {
+                        if event.id > self.cursor
+                            && self.filter.matches(&event.event_type, &event.source)
+                        {
                             chunk.extend_from_slice(event.frame());
                             n += 1;
                         }
@@ -414,8 +454,12 @@ impl BodyState {
                     };
                     if received == 0 {
                         // The hub dropped this outbox: it overflowed.
-                        log::warn!("conn={} slow consumer: outbox of {} events overflowed, stream cut", self.conn_id, self.client_buffer);
-                        Stats::add(&self.services.stats.slow_consumer_cuts, 1);
+                        log::warn!(
+                            "conn={} slow consumer: outbox of {} events overflowed, stream cut",
+                            self.conn_id,
+                            self.client_buffer
+                        );
+                        self.services.metrics.slow_consumer_cuts.inc();
                         self.link.reason = CloseReason::SlowConsumer;
                         return None;
                     }

@@ -39,7 +39,9 @@ impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         match &err {
             sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict,
-            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => Self::Corrupt(err.to_string()),
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+                Self::Corrupt(err.to_string())
+            }
             _ => Self::Unavailable(err.to_string()),
         }
     }
@@ -105,7 +107,12 @@ pub trait Store: Send + Sync + 'static {
     /// The newest event id in scope.
     async fn newest_event_id(&self, scope: Scope) -> Result<Option<Ulid>, StoreError>;
     /// Up to `limit` events with `id > after`, oldest first.
-    async fn events_after(&self, scope: Scope, after: Ulid, limit: u32) -> Result<Vec<Event>, StoreError>;
+    async fn events_after(
+        &self,
+        scope: Scope,
+        after: Ulid,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError>;
     /// Up to `limit` heads with `after < id < before`, newest first.
     async fn heads_between_desc(
         &self,
@@ -174,7 +181,13 @@ pub(crate) fn event_from_columns(
     source: String,
     payload: &str,
 ) -> Result<Event, StoreError> {
-    Ok(Event::new(ulid_column(id)?, ulid_column(map_id)?, event_type, source, payload))
+    Ok(Event::new(
+        ulid_column(id)?,
+        ulid_column(map_id)?,
+        event_type,
+        source,
+        payload,
+    ))
 }
 
 /// The retention cut for one map: the newer of the age cut and the count cut.
@@ -221,7 +234,9 @@ macro_rules! impl_store {
                         slug: row.try_get("slug")?,
                         name: row.try_get("name")?,
                         created_ms: row.try_get("created_ms")?,
-                        max_connections: $crate::store::limit_column(row.try_get("max_connections")?),
+                        max_connections: $crate::store::limit_column(
+                            row.try_get("max_connections")?,
+                        ),
                         max_connections_per_key: $crate::store::limit_column(
                             row.try_get("max_connections_per_key")?,
                         ),
@@ -346,11 +361,16 @@ macro_rules! impl_store {
             ) -> Result<Vec<$crate::event::Event>, $crate::store::StoreError> {
                 use sqlx::Row as _;
                 let query = match scope {
-                    Some(map) => sqlx::query($crate::store::sql::AFTER_IN_MAP).bind(map.to_string()),
+                    Some(map) => {
+                        sqlx::query($crate::store::sql::AFTER_IN_MAP).bind(map.to_string())
+                    }
                     None => sqlx::query($crate::store::sql::AFTER_ANY),
                 };
                 let rows = $crate::store::timed(
-                    query.bind(after.to_string()).bind(i64::from(limit)).fetch_all(&self.pool),
+                    query
+                        .bind(after.to_string())
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool),
                 )
                 .await?;
                 rows.iter()
@@ -375,7 +395,9 @@ macro_rules! impl_store {
             ) -> Result<Vec<$crate::store::EventHead>, $crate::store::StoreError> {
                 use sqlx::Row as _;
                 let query = match scope {
-                    Some(map) => sqlx::query($crate::store::sql::HEADS_IN_MAP).bind(map.to_string()),
+                    Some(map) => {
+                        sqlx::query($crate::store::sql::HEADS_IN_MAP).bind(map.to_string())
+                    }
                     None => sqlx::query($crate::store::sql::HEADS_ANY),
                 };
                 let rows = $crate::store::timed(
@@ -402,12 +424,20 @@ macro_rules! impl_store {
                 scope: $crate::store::Scope,
             ) -> Result<ulid::Ulid, $crate::store::StoreError> {
                 let query = match scope {
-                    Some(map) => sqlx::query_scalar::<_, Option<String>>($crate::store::sql::PRUNED_IN_MAP)
-                        .bind(map.to_string()),
+                    Some(map) => {
+                        sqlx::query_scalar::<_, Option<String>>($crate::store::sql::PRUNED_IN_MAP)
+                            .bind(map.to_string())
+                    }
                     None => sqlx::query_scalar::<_, Option<String>>($crate::store::sql::PRUNED_ANY),
                 };
-                let id = $crate::store::timed(query.fetch_optional(&self.pool)).await?.flatten();
-                Ok(id.as_deref().map($crate::store::ulid_column).transpose()?.unwrap_or_default())
+                let id = $crate::store::timed(query.fetch_optional(&self.pool))
+                    .await?
+                    .flatten();
+                Ok(id
+                    .as_deref()
+                    .map($crate::store::ulid_column)
+                    .transpose()?
+                    .unwrap_or_default())
             }
 
             async fn prune(
@@ -423,11 +453,12 @@ macro_rules! impl_store {
                 for map_id in map_ids {
                     removed += $crate::store::timed(async {
                         let mut tx = self.pool.begin().await?;
-                        let by_age: Option<String> = sqlx::query_scalar($crate::store::sql::CUT_BY_AGE)
-                            .bind(&map_id)
-                            .bind(older_than.to_string())
-                            .fetch_one(&mut *tx)
-                            .await?;
+                        let by_age: Option<String> =
+                            sqlx::query_scalar($crate::store::sql::CUT_BY_AGE)
+                                .bind(&map_id)
+                                .bind(older_than.to_string())
+                                .fetch_one(&mut *tx)
+                                .await?;
                         let by_count: Option<String> =
                             sqlx::query_scalar($crate::store::sql::CUT_BY_COUNT)
                                 .bind(&map_id)

@@ -1,0 +1,349 @@
+//! `/api/admin/*`: maps, keys, limits, connections and counters. Every
+//! handler requires the admin token.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{authenticate, int_param, query_params, read_body, resolve_map, MAX_ADMIN_BODY};
+use crate::actors::session::CloseReason;
+use crate::directory::DirectoryError;
+use crate::error::ApiError;
+use crate::event::{format_millis, parse_ulid};
+use crate::state::AppState;
+use crate::store::MapRecord;
+
+impl From<DirectoryError> for ApiError {
+    fn from(err: DirectoryError) -> Self {
+        match err {
+            DirectoryError::InvalidSlug => Self::InvalidSlug(err.to_string()),
+            DirectoryError::MapExists => Self::MapExists,
+            DirectoryError::MapNotFound => Self::MapNotFound,
+            DirectoryError::KeyNotFound => Self::KeyNotFound,
+            DirectoryError::Store(e) => e.into(),
+        }
+    }
+}
+
+fn admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    authenticate(state, req, None)?.require_admin()
+}
+
+fn ms_text(ms: i64) -> String {
+    format_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// A map's effective limits (configured defaults where unset).
+fn effective_limits(state: &AppState, map: &MapRecord) -> (u64, u64) {
+    let limits = &state.settings.limits;
+    (
+        map.max_connections
+            .unwrap_or(limits.max_connections_per_map),
+        map.max_connections_per_key
+            .unwrap_or(limits.max_connections_per_key),
+    )
+}
+
+fn map_json(state: &AppState, map: &MapRecord) -> Value {
+    let (max_connections, max_connections_per_key) = effective_limits(state, map);
+    let keys: Vec<Value> = state
+        .directory
+        .keys_of(map.id)
+        .iter()
+        .map(|k| {
+            json!({
+                "key_id": k.id.to_string(),
+                "created_at": ms_text(k.created_ms),
+                "connections": state.connections.key_count(k.id),
+            })
+        })
+        .collect();
+    json!({
+        "id": map.id.to_string(),
+        "slug": map.slug,
+        "name": map.name,
+        "created_at": ms_text(map.created_ms),
+        "limits": {
+            "max_connections": max_connections,
+            "max_connections_per_key": max_connections_per_key,
+        },
+        "connections": state.connections.map_count(map.id),
+        "keys": keys,
+    })
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidJson(format!("request body is not valid JSON: {e}")))
+}
+
+#[derive(Deserialize)]
+struct CreateMap {
+    slug: Option<Value>,
+    name: Option<String>,
+}
+
+/// `POST /api/admin/maps` → 201 with the first key, shown once.
+pub async fn create_map(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let body = read_body(&req, payload, MAX_ADMIN_BODY).await?;
+    let request: CreateMap = parse_json(&body)?;
+    let Some(Value::String(slug)) = request.slug else {
+        return Err(ApiError::InvalidSlug(
+            "slug is required and must be a string".into(),
+        ));
+    };
+    let (map, issued) = state
+        .directory
+        .create_map(&slug, request.name.as_deref(), None)
+        .await?;
+    log::info!(
+        "map created id={} slug={} key={}",
+        map.id,
+        map.slug,
+        issued.key.id
+    );
+    Ok(HttpResponse::Created().json(json!({
+        "id": map.id.to_string(),
+        "slug": map.slug,
+        "key_id": issued.key.id.to_string(),
+        "api_key": issued.secret,
+    })))
+}
+
+/// `GET /api/admin/maps?limit=&offset=`.
+pub async fn list_maps(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let params = query_params(&req)?;
+    let limit = int_param(&params, "limit", 100, 1..=1000)?;
+    let offset = int_param(&params, "offset", 0, 0..=usize::MAX)?;
+    let (total, maps) = state.directory.list(limit, offset);
+    let items: Vec<Value> = maps.iter().map(|m| map_json(&state, m)).collect();
+    Ok(HttpResponse::Ok().json(json!({ "total": total, "items": items })))
+}
+
+/// `GET /api/admin/maps/{map}`.
+pub async fn get_map(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let map = resolve_map(&state, &path)?;
+    Ok(HttpResponse::Ok().json(map_json(&state, &map)))
+}
+
+/// `POST /api/admin/maps/{map}/keys` → 201 with the key, shown once.
+pub async fn create_key(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let map = resolve_map(&state, &path)?;
+    let issued = state.directory.add_key(map.id).await?;
+    log::info!("key created map={} key={}", map.id, issued.key.id);
+    Ok(HttpResponse::Created().json(json!({
+        "key_id": issued.key.id.to_string(),
+        "api_key": issued.secret,
+    })))
+}
+
+/// `DELETE /api/admin/maps/{map}/keys/{key_id}`: revokes the key and closes
+/// its streams at once.
+pub async fn revoke_key(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let (map, key_id) = path.into_inner();
+    let map = resolve_map(&state, &map)?;
+    let key_id = parse_ulid(&key_id).ok_or(ApiError::KeyNotFound)?;
+    state.directory.revoke_key(map.id, key_id).await?;
+    state.sse_tokens.revoke_key(key_id);
+    let closed = state.connections.close_key(key_id);
+    log::info!(
+        "key revoked map={} key={key_id} streams_closed={closed}",
+        map.id
+    );
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `PUT /api/admin/maps/{map}/limits`: absent fields stay, `null` resets
+/// to the configured default.
+pub async fn set_limits(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let map = resolve_map(&state, &path)?;
+    let body = read_body(&req, payload, MAX_ADMIN_BODY).await?;
+    let Value::Object(fields) = parse_json::<Value>(&body)? else {
+        return Err(ApiError::InvalidLimits("body must be a JSON object".into()));
+    };
+    let mut max_connections = map.max_connections;
+    let mut max_connections_per_key = map.max_connections_per_key;
+    for (name, value) in &fields {
+        let slot = match name.as_str() {
+            "max_connections" => &mut max_connections,
+            "max_connections_per_key" => &mut max_connections_per_key,
+            other => return Err(ApiError::InvalidLimits(format!("unknown field `{other}`"))),
+        };
+        *slot = match value {
+            Value::Null => None,
+            Value::Number(n) if n.as_u64().is_some() => n.as_u64(),
+            _ => {
+                return Err(ApiError::InvalidLimits(format!(
+                    "{name} must be a non-negative integer or null"
+                )))
+            }
+        };
+    }
+    let map = state
+        .directory
+        .set_limits(map.id, max_connections, max_connections_per_key)
+        .await?;
+    let (max_connections, max_connections_per_key) = effective_limits(&state, &map);
+    log::info!(
+        "limits map={} max_connections={max_connections} per_key={max_connections_per_key}",
+        map.id
+    );
+    Ok(HttpResponse::Ok().json(json!({
+        "max_connections": max_connections,
+        "max_connections_per_key": max_connections_per_key,
+    })))
+}
+
+/// `GET /api/admin/limits`: configured limits with current usage.
+pub async fn limits(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let settings = &state.settings.limits;
+    let (total, maps) = state.directory.list(usize::MAX, 0);
+    let (per_map, per_key) = state.connections.counts();
+    let maps: Vec<Value> = maps
+        .iter()
+        .map(|map| {
+            let (max_connections, max_connections_per_key) = effective_limits(&state, map);
+            let keys: Vec<Value> = state
+                .directory
+                .keys_of(map.id)
+                .iter()
+                .map(|k| {
+                    json!({
+                        "key_id": k.id.to_string(),
+                        "max_connections": max_connections_per_key,
+                        "connections": per_key.get(&k.id).copied().unwrap_or(0),
+                    })
+                })
+                .collect();
+            json!({
+                "map_id": map.id.to_string(),
+                "slug": map.slug,
+                "max_connections": max_connections,
+                "max_connections_per_key": max_connections_per_key,
+                "connections": per_map.get(&map.id).copied().unwrap_or(0),
+                "keys": keys,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "global": {
+            "max_connections": settings.max_connections,
+            "connections": state.connections.total(),
+        },
+        "defaults": {
+            "max_connections_per_map": settings.max_connections_per_map,
+            "max_connections_per_key": settings.max_connections_per_key,
+        },
+        "rate": {
+            "rate_per_minute": settings.rate_per_minute,
+            "rate_burst": settings.rate_burst,
+        },
+        "total_maps": total,
+        "maps": maps,
+    })))
+}
+
+/// `GET /api/admin/connections?map=&limit=&offset=`.
+pub async fn list_connections(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let params = query_params(&req)?;
+    let map_id = match params.get("map").filter(|m| !m.is_empty()) {
+        Some(map) => Some(resolve_map(&state, map)?.id),
+        None => None,
+    };
+    let limit = int_param(&params, "limit", 100, 1..=1000)?;
+    let offset = int_param(&params, "offset", 0, 0..=usize::MAX)?;
+    let (total, infos) = state.connections.list(map_id, limit, offset);
+    let items: Vec<Value> = infos
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id.to_string(),
+                "map_id": c.map_id.map(|m| m.to_string()),
+                "key_id": c.key_id.map(|k| k.to_string()),
+                "remote_addr": c.remote_addr,
+                "connected_at": ms_text(c.connected_ms),
+                "events_sent": c.sent(),
+                "filter": c.filter,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "total": total, "items": items })))
+}
+
+/// `DELETE /api/admin/connections/{id}`: the stream ends at once.
+pub async fn close_connection(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let id = parse_ulid(&path).ok_or(ApiError::ConnectionNotFound)?;
+    if !state.connections.close(id, CloseReason::AdminClosed) {
+        return Err(ApiError::ConnectionNotFound);
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `GET /api/admin/stats`.
+pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    let m = &state.metrics;
+    Ok(HttpResponse::Ok().json(json!({
+        "connections": state.connections.total(),
+        "maps": state.directory.map_count(),
+        "active_hubs": state.hubs.running(),
+        "published": m.published.get(),
+        "delivered": m.delivered.get(),
+        "slow_consumer_disconnects": m.slow_consumer_cuts.get(),
+        "store_batches": m.store_batches.get(),
+        "store_failures": m.store_failures.get(),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_render_as_text() {
+        assert_eq!(ms_text(0), "1970-01-01T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,107 @@
+//! `POST /api/maps/{map}/events` (publish) and `GET /api/maps/{map}/events`
+//! (history pages).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use ulid::Ulid;
+
+use super::{authenticate, int_param, query_params, read_body, resolve_map, Caller};
+use crate::error::ApiError;
+use crate::event::{parse_publish_body, parse_ulid, PublishError, PublishLimits};
+use crate::filter::Filter;
+use crate::state::AppState;
+
+/// Events read from the store per history query.
+const HISTORY_SCAN_PAGE: u32 = 500;
+
+/// Publish one event or an array; 201 with the ids once committed.
+pub async fn publish(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate(&state, &req, None)?;
+    let map = resolve_map(&state, &path)?;
+    if !matches!(caller, Caller::Publisher) {
+        return Err(ApiError::Unauthorized);
+    }
+    let settings = &state.settings.publish;
+    let body = read_body(&req, payload, settings.max_body_bytes).await?;
+    let limits = PublishLimits {
+        max_event_bytes: settings.max_event_bytes,
+        max_batch: settings.max_batch,
+    };
+    let events = parse_publish_body(&body, limits).map_err(|e| match e {
+        PublishError::InvalidJson(m) => ApiError::InvalidJson(m),
+        PublishError::InvalidEvent(m) => ApiError::InvalidEvent(m),
+        PublishError::TooLarge(m) => ApiError::PayloadTooLarge(m),
+    })?;
+    let ids = state.persistence.publish(map.id, events).await?;
+    let ids: Vec<String> = ids.iter().map(Ulid::to_string).collect();
+    Ok(HttpResponse::Created().json(serde_json::json!({ "ids": ids })))
+}
+
+/// A page of stored events after `after`, oldest first.
+pub async fn history(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate(&state, &req, None)?;
+    let map = resolve_map(&state, &path)?;
+    caller.reader_of(&map)?;
+    let params = query_params(&req)?;
+    let mut cursor = match params
+        .get("after")
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+    {
+        None => Ulid::nil(),
+        Some(text) => parse_ulid(text).ok_or_else(|| {
+            ApiError::InvalidLastEventId("after must be a 26-character ULID".into())
+        })?,
+    };
+    let limit = int_param(&params, "limit", 100, 1..=1000)?;
+    let filter = Filter::parse(
+        params.get("events").map(String::as_str),
+        params.get("sources").map(String::as_str),
+    )
+    .map_err(|e| ApiError::InvalidFilter(e.to_string()))?;
+
+    let mut items = Vec::with_capacity(limit);
+    'scan: loop {
+        let page = state
+            .store
+            .events_after(Some(map.id), cursor, HISTORY_SCAN_PAGE)
+            .await?;
+        for event in &page {
+            cursor = event.id;
+            if filter.matches(&event.event_type, &event.source) {
+                items.push(event.envelope().to_vec());
+                if items.len() == limit {
+                    break 'scan;
+                }
+            }
+        }
+        if page.len() < HISTORY_SCAN_PAGE as usize {
+            break;
+        }
+    }
+    let next = if items.len() == limit {
+        format!("\"{cursor}\"")
+    } else {
+        "null".to_owned()
+    };
+    let mut body = Vec::with_capacity(items.iter().map(Vec::len).sum::<usize>() + 64);
+    body.extend_from_slice(b"{\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(format!("],\"next\":{next}}}").as_bytes());
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}

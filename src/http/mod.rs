@@ -1,0 +1,251 @@
+//! HTTP: routes, and the request plumbing every handler shares — who is
+//! calling, which map, query strings and bodies. Handlers live one file per
+//! resource and stay thin: parse, authorize, call a typed handle, answer.
+//!
+//! - [`stream`]: map streams, the admin firehose, SSE tokens.
+//! - [`events`]: publish and history.
+//! - [`admin`]: maps, keys, limits, connections, stats.
+//! - [`ops`]: health, readiness, metrics.
+
+pub mod admin;
+pub mod events;
+pub mod ops;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix_cors::Cors;
+use actix_web::http::{header, Method};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use ulid::Ulid;
+
+use crate::auth::{bearer_token, secret_in, secret_matches};
+use crate::error::ApiError;
+use crate::sse_tokens::TokenGrant;
+use crate::state::AppState;
+use crate::store::{KeyRecord, MapRecord};
+
+/// Most query parameters accepted on one request.
+const MAX_QUERY_PARAMS: usize = 16;
+/// Largest admin request body.
+pub const MAX_ADMIN_BODY: usize = 64 << 10;
+
+/// Registers every route. Unknown paths answer 404 `NOT_FOUND` and known
+/// paths with another method 405 `METHOD_NOT_ALLOWED`, both as JSON.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
+    cfg.service(resource("/health").route(web::get().to(ops::health)))
+        .service(resource("/ready").route(web::get().to(ops::ready)))
+        .service(resource("/metrics").route(web::get().to(ops::metrics)))
+        .service(resource("/api/maps/{map}/events/stream").route(web::get().to(stream::map_stream)))
+        .service(
+            resource("/api/maps/{map}/events")
+                .route(web::get().to(events::history))
+                .route(web::post().to(events::publish)),
+        )
+        .service(resource("/api/maps/{map}/sse-tokens").route(web::post().to(stream::sse_token)))
+        .service(resource("/api/events/stream").route(web::get().to(stream::firehose)))
+        .service(
+            resource("/api/admin/maps")
+                .route(web::get().to(admin::list_maps))
+                .route(web::post().to(admin::create_map)),
+        )
+        .service(resource("/api/admin/maps/{map}").route(web::get().to(admin::get_map)))
+        .service(resource("/api/admin/maps/{map}/keys").route(web::post().to(admin::create_key)))
+        .service(
+            resource("/api/admin/maps/{map}/keys/{key_id}")
+                .route(web::delete().to(admin::revoke_key)),
+        )
+        .service(resource("/api/admin/maps/{map}/limits").route(web::put().to(admin::set_limits)))
+        .service(resource("/api/admin/limits").route(web::get().to(admin::limits)))
+        .service(resource("/api/admin/connections").route(web::get().to(admin::list_connections)))
+        .service(
+            resource("/api/admin/connections/{id}")
+                .route(web::delete().to(admin::close_connection)),
+        )
+        .service(resource("/api/admin/stats").route(web::get().to(admin::stats)))
+        .default_service(web::to(not_found));
+}
+
+/// CORS for browsers: the configured origins, with `Authorization` and
+/// `Last-Event-ID` allowed as request headers.
+pub fn cors(allowed_origins: &[String]) -> Cors {
+    let cors = Cors::default()
+        .allowed_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(3600);
+    if allowed_origins.iter().any(|o| o == "*") {
+        cors.allow_any_origin()
+    } else {
+        allowed_origins
+            .iter()
+            .fold(cors, |cors, origin| cors.allowed_origin(origin))
+    }
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// Who is calling, by the credential presented.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Admin,
+    Publisher,
+    MapKey(KeyRecord),
+    SseToken(TokenGrant),
+}
+
+impl Caller {
+    /// The key a stream of `map` counts against, if this caller may read it
+    /// (`None` for the admin, who counts against the map only).
+    ///
+    /// # Errors
+    /// `UNAUTHORIZED` for a credential of another map or another role.
+    pub fn reader_of(&self, map: &MapRecord) -> Result<Option<Ulid>, ApiError> {
+        match self {
+            Self::Admin => Ok(None),
+            Self::MapKey(key) if key.map_id == map.id => Ok(Some(key.id)),
+            Self::SseToken(grant) if grant.map_id == map.id => Ok(grant.key_id),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+
+    /// # Errors
+    /// `UNAUTHORIZED` unless this is the admin token.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Self::Admin => Ok(()),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// Identifies the caller by its Bearer credential, or by a single-use SSE
+/// token (consumed here) where `sse_token` is given.
+///
+/// # Errors
+/// `UNAUTHORIZED` when nothing is presented or nothing matches.
+pub fn authenticate(
+    state: &AppState,
+    req: &HttpRequest,
+    sse_token: Option<&str>,
+) -> Result<Caller, ApiError> {
+    if let Some(token) = bearer_token(req.headers()) {
+        let auth = &state.settings.auth;
+        if secret_matches(token, &auth.admin_token) {
+            return Ok(Caller::Admin);
+        }
+        if secret_in(token, &auth.publisher_tokens) {
+            return Ok(Caller::Publisher);
+        }
+        return state
+            .directory
+            .key_for_secret(token)
+            .map(Caller::MapKey)
+            .ok_or(ApiError::Unauthorized);
+    }
+    sse_token
+        .filter(|t| !t.is_empty())
+        .and_then(|t| state.sse_tokens.redeem(t))
+        .map(Caller::SseToken)
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// The map a `{map}` path segment names (id or slug).
+///
+/// # Errors
+/// `MAP_NOT_FOUND`.
+pub fn resolve_map(state: &AppState, id_or_slug: &str) -> Result<Arc<MapRecord>, ApiError> {
+    state
+        .directory
+        .resolve(id_or_slug)
+        .ok_or(ApiError::MapNotFound)
+}
+
+/// The query string as name → value (the first of repeated names wins).
+///
+/// # Errors
+/// `INVALID_QUERY` for an undecodable query or too many parameters.
+pub fn query_params(req: &HttpRequest) -> Result<HashMap<String, String>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
+        .map_err(|e| ApiError::InvalidQuery(format!("malformed query string: {e}")))?;
+    if pairs.len() > MAX_QUERY_PARAMS {
+        return Err(ApiError::InvalidQuery(format!(
+            "more than {MAX_QUERY_PARAMS} query parameters"
+        )));
+    }
+    let mut params = HashMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        params.entry(name).or_insert(value);
+    }
+    Ok(params)
+}
+
+/// A `limit`/`offset` query parameter within `range`.
+///
+/// # Errors
+/// `INVALID_QUERY` naming the parameter.
+pub fn int_param(
+    params: &HashMap<String, String>,
+    name: &str,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, ApiError> {
+    let Some(text) = params.get(name) else {
+        return Ok(default);
+    };
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            ApiError::InvalidQuery(format!(
+                "{name} must be an integer from {} to {}",
+                range.start(),
+                range.end()
+            ))
+        })
+}
+
+/// Reads a request body of at most `limit` bytes.
+///
+/// # Errors
+/// `PAYLOAD_TOO_LARGE` past the limit; `INVALID_JSON` if the body breaks off.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("request body over the limit of {limit} bytes"));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::InvalidJson(format!("cannot read request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

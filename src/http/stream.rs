@@ -1,0 +1,174 @@
+//! `GET /api/maps/{map}/events/stream`, the admin firehose
+//! `GET /api/events/stream`, and `POST /api/maps/{map}/sse-tokens`.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use ulid::Ulid;
+
+use super::{authenticate, query_params, resolve_map, Caller};
+use crate::actors::session::{self, StreamRequest, StreamServices};
+use crate::connections::{Admission, ConnectionInfo, LimitExceeded};
+use crate::error::ApiError;
+use crate::event::parse_ulid;
+use crate::filter::Filter;
+use crate::sse_tokens::TokenGrant;
+use crate::state::AppState;
+use crate::store::{MapRecord, Scope};
+
+/// Subscribe to one map.
+pub async fn map_stream(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.rate_limiter.check(&req)?;
+    let params = query_params(&req)?;
+    let caller = authenticate(&state, &req, params.get("token").map(String::as_str))?;
+    let map = resolve_map(&state, &path)?;
+    let key_id = caller.reader_of(&map)?;
+    open_stream(&state, &req, &params, Some(&map), key_id).await
+}
+
+/// Subscribe to every map (admin token only).
+pub async fn firehose(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.rate_limiter.check(&req)?;
+    let params = query_params(&req)?;
+    authenticate(&state, &req, None)?.require_admin()?;
+    open_stream(&state, &req, &params, None, None).await
+}
+
+/// Mint a single-use token for `?token=` (browsers' EventSource).
+pub async fn sse_token(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.rate_limiter.check(&req)?;
+    let caller = authenticate(&state, &req, None)?;
+    let map = resolve_map(&state, &path)?;
+    if matches!(caller, Caller::SseToken(_)) {
+        return Err(ApiError::Unauthorized);
+    }
+    let key_id = caller.reader_of(&map)?;
+    if !state.settings.sse.enabled {
+        return Err(ApiError::SseDisabled);
+    }
+    let token = state.sse_tokens.issue(TokenGrant {
+        map_id: map.id,
+        key_id,
+    });
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "token": token,
+        "expires_in": state.sse_tokens.ttl().as_secs(),
+    })))
+}
+
+/// The client's resume position: the `Last-Event-ID` header wins over the
+/// `last_event_id` parameter; empty counts as absent.
+fn last_event_id(
+    req: &HttpRequest,
+    params: &HashMap<String, String>,
+) -> Result<Option<Ulid>, ApiError> {
+    let header_value = match req.headers().get("last-event-id") {
+        Some(value) => Some(value.to_str().map_err(|_| invalid_id())?.trim()),
+        None => None,
+    };
+    let text = header_value.filter(|v| !v.is_empty()).or_else(|| {
+        params
+            .get("last_event_id")
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    });
+    text.map(|t| parse_ulid(t).ok_or_else(invalid_id))
+        .transpose()
+}
+
+fn invalid_id() -> ApiError {
+    ApiError::InvalidLastEventId("Last-Event-ID must be a 26-character ULID".into())
+}
+
+async fn open_stream(
+    state: &AppState,
+    req: &HttpRequest,
+    params: &HashMap<String, String>,
+    map: Option<&MapRecord>,
+    key_id: Option<Ulid>,
+) -> Result<HttpResponse, ApiError> {
+    let after = last_event_id(req, params)?;
+    let filter = Filter::parse(
+        params.get("events").map(String::as_str),
+        params.get("sources").map(String::as_str),
+    )
+    .map_err(|e| ApiError::InvalidFilter(e.to_string()))?;
+    let settings = &state.settings;
+    if !settings.sse.enabled {
+        return Err(ApiError::SseDisabled);
+    }
+    let limits = &settings.limits;
+    let admission = Admission {
+        max_global: limits.max_connections,
+        max_per_map: map.map(|m| m.max_connections.unwrap_or(limits.max_connections_per_map)),
+        max_per_key: key_id.and(map).map(|m| {
+            m.max_connections_per_key
+                .unwrap_or(limits.max_connections_per_key)
+        }),
+    };
+    let info = ConnectionInfo {
+        id: Ulid::generate(),
+        map_id: map.map(|m| m.id),
+        key_id,
+        remote_addr: state
+            .rate_limiter
+            .client_ip(req)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
+        connected_ms: chrono::Utc::now().timestamp_millis(),
+        filter: filter.to_string(),
+        events_sent: AtomicU64::new(0),
+    };
+    let conn_id = info.id;
+    let guard = state
+        .connections
+        .admit(info, admission)
+        .map_err(|exceeded| {
+            log::warn!(
+                "refused conn={conn_id} map={:?} key={key_id:?}: {exceeded}",
+                map.map(|m| &m.slug)
+            );
+            match exceeded {
+                LimitExceeded::Global => ApiError::GlobalConnectionLimit,
+                LimitExceeded::Map => ApiError::MapConnectionLimit,
+                LimitExceeded::Key => ApiError::ApiKeyConnectionLimit,
+            }
+        })?;
+    let scope: Scope = map.map(|m| m.id);
+    let services = StreamServices {
+        hubs: state.hubs.clone(),
+        store: Arc::clone(&state.store),
+        metrics: Arc::clone(&state.metrics),
+    };
+    let request = StreamRequest {
+        scope,
+        after,
+        filter,
+        guard,
+        retry_ms: settings.sse.retry_ms,
+        keepalive: Duration::from_secs(settings.sse.keepalive_secs),
+        client_buffer: settings.sse.client_buffer,
+        max_backfill: settings.history.max_backfill,
+    };
+    let body = session::open(services, request).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}

@@ -1,0 +1,125 @@
+//! Process metrics: counters shown by `/api/admin/stats`, and the same plus
+//! per-map connection gauges and the commit-latency histogram as Prometheus
+//! text on `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::connections::ConnectionTable;
+use crate::directory::Directory;
+
+/// Every metric, registered once.
+pub struct Metrics {
+    registry: Registry,
+    pub published: IntCounter,
+    pub delivered: IntCounter,
+    pub slow_consumer_cuts: IntCounter,
+    pub store_batches: IntCounter,
+    pub store_failures: IntCounter,
+    pub commit_seconds: Histogram,
+    connections: IntGauge,
+    connections_by_map: IntGaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    // Names and help are static and unique, so creation and registration
+    // cannot fail.
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let published = counter(
+            &registry,
+            "herald_events_published_total",
+            "Events committed and acknowledged.",
+        );
+        let delivered = counter(
+            &registry,
+            "herald_events_delivered_total",
+            "Event frames written to streams.",
+        );
+        let slow_consumer_cuts = counter(
+            &registry,
+            "herald_slow_consumer_cuts_total",
+            "Streams ended because their outbox overflowed.",
+        );
+        let store_batches = counter(
+            &registry,
+            "herald_store_batches_total",
+            "Group commits that succeeded.",
+        );
+        let store_failures = counter(
+            &registry,
+            "herald_store_failures_total",
+            "Group commits that failed.",
+        );
+        // Valid static options; see `counter`.
+        let commit_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "herald_store_commit_seconds",
+                "Latency of one group commit.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(commit_seconds.clone()))
+            .expect("unique metric");
+        let connections =
+            IntGauge::new("herald_connections", "Open SSE streams.").expect("valid metric");
+        registry
+            .register(Box::new(connections.clone()))
+            .expect("unique metric");
+        let connections_by_map = IntGaugeVec::new(
+            Opts::new("herald_map_connections", "Open SSE streams per map."),
+            &["map"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(connections_by_map.clone()))
+            .expect("unique metric");
+        Self {
+            registry,
+            published,
+            delivered,
+            slow_consumer_cuts,
+            store_batches,
+            store_failures,
+            commit_seconds,
+            connections,
+            connections_by_map,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition, with connection gauges read now.
+    pub fn render(&self, connections: &ConnectionTable, directory: &Directory) -> String {
+        self.connections
+            .set(i64::try_from(connections.total()).unwrap_or(i64::MAX));
+        self.connections_by_map.reset();
+        let (per_map, _) = connections.counts();
+        for (map_id, n) in per_map {
+            let label = directory
+                .map(map_id)
+                .map_or_else(|| map_id.to_string(), |m| m.slug.clone());
+            self.connections_by_map
+                .with_label_values(&[label.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let mut out = Vec::new();
+        // Encoding gathered families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
