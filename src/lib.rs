@@ -20,6 +20,7 @@ pub mod http;
 pub mod metrics;
 pub mod rate_limit;
 pub mod server;
+pub mod socket;
 pub mod sse_tokens;
 pub mod state;
 pub mod store;

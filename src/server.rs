@@ -104,6 +104,9 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
     .backlog(4096)
     // Notice vanished clients on read, not at the next keep-alive write.
     .h1_allow_half_closed(false)
+    .on_connect(crate::socket::on_connect(Duration::from_secs(
+        settings.sse.keepalive_secs,
+    )))
     .disable_signals()
     .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
     .bind(settings.server.bind.as_str())?;

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use ulid::Ulid;
 
+use super::session::Overflowed;
 use crate::backfill::{Planner, Truncation};
 use crate::event::SharedEvent;
 use crate::filter::Filter;
@@ -42,7 +43,7 @@ pub struct HubUnavailable;
 
 /// Registers a session's outbox. A session that subscribes again (after its
 /// outbox overflowed during backfill) replaces its old registration.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "Result<Subscription, HubUnavailable>")]
 pub struct Subscribe {
     pub conn_id: Ulid,
@@ -50,6 +51,10 @@ pub struct Subscribe {
     pub filter: Arc<Filter>,
     /// The client's last event id; `None` starts at the newest event.
     pub after: Option<Ulid>,
+    /// Told when the outbox overflows.
+    pub session: Recipient<Overflowed>,
+    /// Which registration of this session this is.
+    pub generation: u64,
 }
 
 /// What a subscriber needs to start its stream.
@@ -83,6 +88,8 @@ pub struct Committed(pub Vec<SharedEvent>);
 struct Subscriber {
     outbox: mpsc::Sender<SharedEvent>,
     filter: Arc<Filter>,
+    session: Recipient<Overflowed>,
+    generation: u64,
 }
 
 /// The fan-out actor of one map (or of every map, for the firehose).
@@ -209,6 +216,8 @@ impl Handler<Subscribe> for MapHub {
             Subscriber {
                 outbox: msg.outbox,
                 filter: msg.filter,
+                session: msg.session,
+                generation: msg.generation,
             },
         );
         Ok(Subscription { head, hot })
@@ -250,6 +259,9 @@ impl Handler<Committed> for MapHub {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => {
                         log::debug!("conn={conn_id} outbox full: unregistered");
+                        sub.session.do_send(Overflowed {
+                            generation: sub.generation,
+                        });
                         return false;
                     }
                     Err(TrySendError::Closed(_)) => return false,
@@ -350,25 +362,12 @@ impl Hubs {
         scope: Scope,
         request: Subscribe,
     ) -> Result<Subscription, HubUnavailable> {
-        let mut request = Some(request);
         for _ in 0..SUBSCRIBE_ATTEMPTS {
-            let hub = self.hub(scope);
-            let Some(msg) = request.take() else { break };
-            let outbox = msg.outbox.clone();
-            let filter = Arc::clone(&msg.filter);
-            let (conn_id, after) = (msg.conn_id, msg.after);
-            match hub.send(msg).await {
+            match self.hub(scope).send(request.clone()).await {
                 Ok(result) => return result,
                 // The hub stopped between lookup and delivery: it is gone
                 // from the registry now, so the next lookup starts a new one.
-                Err(_) => {
-                    request = Some(Subscribe {
-                        conn_id,
-                        outbox,
-                        filter,
-                        after,
-                    })
-                }
+                Err(_) => continue,
             }
         }
         Err(HubUnavailable)

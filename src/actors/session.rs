@@ -12,12 +12,16 @@
 //! backfill the body then re-subscribes and continues from the store; once
 //! live, the stream ends ("cut") and the client's reconnect with its
 //! Last-Event-ID backfills what it missed. Either way nothing is lost and no
-//! memory grows without bound.
+//! memory grows without bound. The hub tells the session about the overflow
+//! too: a client that stopped reading altogether no longer has its body
+//! polled by actix, so the session shuts the socket down itself.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +39,7 @@ use crate::error::ApiError;
 use crate::event::{now_rfc3339, SharedEvent};
 use crate::filter::Filter;
 use crate::metrics::Metrics;
+use crate::socket::StreamSocket;
 use crate::store::{Scope, SharedStore};
 
 /// Events read from the store per backfill query.
@@ -43,6 +48,9 @@ const BACKFILL_PAGE: u32 = 500;
 const LIVE_BATCH: usize = 256;
 /// The comment sent in silences.
 const KEEPALIVE_FRAME: &[u8] = b": keepalive\n\n";
+/// After a close, how long a body that actix does not poll (its client is
+/// not reading) may keep the connection before the socket is shut down.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a stream ended (logged on disconnect).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +90,19 @@ struct BodyEnded {
     reason: CloseReason,
 }
 
+/// What the session knows of its body. Session and body run on the same
+/// worker thread (hence `Rc`), which is also what makes touching the socket
+/// safe: while `alive` is true, the connection owns its fd.
+#[derive(Debug)]
+struct BodyProgress {
+    alive: Cell<bool>,
+    /// The body writes live events (its backfill is done).
+    live: Cell<bool>,
+    /// Bumped at each re-subscription: overflow notices of an older
+    /// registration are stale.
+    generation: Cell<u64>,
+}
+
 /// The control side of one stream.
 pub struct Session {
     scope: Scope,
@@ -90,6 +111,31 @@ pub struct Session {
     /// Fires (or drops) to end the body.
     stop_body: Option<oneshot::Sender<()>>,
     reason: CloseReason,
+    progress: Rc<BodyProgress>,
+    socket: Option<StreamSocket>,
+    metrics: Arc<Metrics>,
+}
+
+impl Session {
+    /// Ends the body and stops. A polled body ends cleanly on the signal;
+    /// one that actix does not poll (its client is not reading) would hold
+    /// the connection forever, so its socket is shut down after a grace.
+    fn close(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
+        self.reason = reason;
+        if let Some(stop) = self.stop_body.take() {
+            let _ = stop.send(());
+        }
+        if let Some(socket) = self.socket {
+            let progress = Rc::clone(&self.progress);
+            actix_web::rt::spawn(async move {
+                tokio::time::sleep(CLOSE_GRACE).await;
+                if progress.alive.get() {
+                    socket.shutdown();
+                }
+            });
+        }
+        ctx.stop();
+    }
 }
 
 impl Actor for Session {
@@ -125,11 +171,32 @@ impl Handler<Close> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
-        self.reason = msg.reason;
-        if let Some(stop) = self.stop_body.take() {
-            let _ = stop.send(());
+        self.close(msg.reason, ctx);
+    }
+}
+
+/// The hub dropped this session's registration: its outbox was full.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Overflowed {
+    /// The registration that overflowed.
+    pub generation: u64,
+}
+
+impl Handler<Overflowed> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Overflowed, ctx: &mut Self::Context) {
+        // During backfill the body re-subscribes and reads on from the store.
+        if !self.progress.live.get() || msg.generation != self.progress.generation.get() {
+            return;
         }
-        ctx.stop();
+        log::warn!(
+            "conn={} slow consumer: outbox overflowed, stream cut",
+            self.guard.info.id
+        );
+        self.metrics.slow_consumer_cuts.inc();
+        self.close(CloseReason::SlowConsumer, ctx);
     }
 }
 
@@ -154,6 +221,7 @@ pub struct StreamRequest {
     pub keepalive: Duration,
     pub client_buffer: usize,
     pub max_backfill: usize,
+    pub socket: Option<StreamSocket>,
 }
 
 /// Shared services a stream uses.
@@ -173,6 +241,10 @@ pub async fn open(
 ) -> Result<impl Stream<Item = Result<Bytes, Infallible>> + 'static, ApiError> {
     let conn_id = req.guard.info.id;
     let filter = Arc::new(req.filter);
+    // The session's address exists before it runs, so the hub can tell it
+    // about an overflow from the first event on.
+    let session_ctx = Context::<Session>::new();
+    let session = session_ctx.address();
     let (outbox_tx, outbox) = mpsc::channel(req.client_buffer);
     let subscription = services
         .hubs
@@ -183,6 +255,8 @@ pub async fn open(
                 outbox: outbox_tx,
                 filter: Arc::clone(&filter),
                 after: req.after,
+                session: session.clone().recipient(),
+                generation: 0,
             },
         )
         .await
@@ -208,14 +282,21 @@ pub async fn open(
     let preamble = preamble(req.retry_ms, start, req.scope, conn_id, truncation.as_ref());
     let (stop_tx, stop_rx) = oneshot::channel();
     let info = Arc::clone(&req.guard.info);
-    let session = Session {
+    let progress = Rc::new(BodyProgress {
+        alive: Cell::new(true),
+        live: Cell::new(matches!(phase, Phase::Live)),
+        generation: Cell::new(0),
+    });
+    session_ctx.run(Session {
         scope: req.scope,
         hubs: services.hubs.clone(),
         guard: req.guard,
         stop_body: Some(stop_tx),
         reason: CloseReason::ClientGone,
-    }
-    .start();
+        progress: Rc::clone(&progress),
+        socket: req.socket,
+        metrics: Arc::clone(&services.metrics),
+    });
 
     let state = BodyState {
         preamble: Some(preamble),
@@ -235,6 +316,7 @@ pub async fn open(
         link: BodyLink {
             session,
             reason: CloseReason::ClientGone,
+            progress,
         },
         batch: Vec::with_capacity(LIVE_BATCH),
     };
@@ -284,10 +366,12 @@ enum Phase {
 struct BodyLink {
     session: Addr<Session>,
     reason: CloseReason,
+    progress: Rc<BodyProgress>,
 }
 
 impl Drop for BodyLink {
     fn drop(&mut self) {
+        self.progress.alive.set(false);
         self.session.do_send(BodyEnded {
             reason: self.reason,
         });
@@ -347,10 +431,14 @@ impl BodyState {
     /// After a backfill: if the outbox overflowed meanwhile, register a new
     /// one and read the rest from the store; else go live.
     async fn leave_backfill(&mut self) -> Result<(), CloseReason> {
+        let progress = &self.link.progress;
         if !self.outbox.is_closed() {
             self.phase = Phase::Live;
+            progress.live.set(true);
             return Ok(());
         }
+        let generation = progress.generation.get() + 1;
+        progress.generation.set(generation);
         let (outbox_tx, outbox) = mpsc::channel(self.client_buffer);
         self.outbox = outbox;
         let request = Subscribe {
@@ -358,6 +446,8 @@ impl BodyState {
             outbox: outbox_tx,
             filter: Arc::clone(&self.filter),
             after: None,
+            session: self.link.session.clone().recipient(),
+            generation,
         };
         self.services
             .hubs
@@ -453,13 +543,8 @@ impl BodyState {
                         }
                     };
                     if received == 0 {
-                        // The hub dropped this outbox: it overflowed.
-                        log::warn!(
-                            "conn={} slow consumer: outbox of {} events overflowed, stream cut",
-                            self.conn_id,
-                            self.client_buffer
-                        );
-                        self.services.metrics.slow_consumer_cuts.inc();
+                        // The hub dropped this outbox: it overflowed (the
+                        // session logs and counts the cut).
                         self.link.reason = CloseReason::SlowConsumer;
                         return None;
                     }

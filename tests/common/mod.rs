@@ -237,6 +237,32 @@ impl Relay {
         child.wait().expect("wait for exit")
     }
 
+    /// Sends SIGTERM without waiting.
+    pub fn send_sigterm(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Starts a new process on the same database (after `kill`/`terminate`).
     pub fn restart(&mut self) {
         self.kill();

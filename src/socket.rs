@@ -1,0 +1,64 @@
+//! The TCP socket under a stream. Two things need it that actix does not
+//! offer: a vanished peer must be noticed within `2 × sse.keepalive_secs`
+//! (`TCP_USER_TIMEOUT` of one keep-alive period: a keep-alive written at the
+//! latest one period into a silence and not acknowledged one period later
+//! fails the connection; so does a client whose window stays shut), and
+//! a stream whose client stopped reading must be closed even though actix no
+//! longer polls its body (`shutdown(2)` makes the pending write fail).
+
+use std::any::Any;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use actix_web::dev::Extensions;
+use actix_web::rt::net::TcpStream;
+
+/// The raw socket of one HTTP connection, stored in its connection data.
+///
+/// Only valid while the connection lives: callers use it from the
+/// connection's own worker thread, and only while the response body that
+/// proves the connection is open still exists.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSocket(RawFd);
+
+/// `HttpServer::on_connect` hook: sets the user timeout and records the fd.
+pub fn on_connect(
+    user_timeout: Duration,
+) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
+    let timeout_ms = libc::c_uint::try_from(user_timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
+    move |conn, data| {
+        if let Some(tcp) = conn.downcast_ref::<TcpStream>() {
+            let fd = tcp.as_raw_fd();
+            // SAFETY: `fd` is an open TCP socket owned by `tcp`; the option
+            // value is a valid `c_uint` of the size passed.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_USER_TIMEOUT,
+                    std::ptr::addr_of!(timeout_ms).cast(),
+                    std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                log::debug!(
+                    "TCP_USER_TIMEOUT not set: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            data.insert(StreamSocket(fd));
+        }
+    }
+}
+
+impl StreamSocket {
+    /// Shuts the connection down in both directions: actix's pending write
+    /// fails and it drops the connection.
+    pub fn shutdown(self) {
+        // SAFETY: see the type's contract — the caller guarantees the fd
+        // still belongs to this connection.
+        unsafe {
+            libc::shutdown(self.0, libc::SHUT_RDWR);
+        }
+    }
+}

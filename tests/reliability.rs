@@ -1,0 +1,292 @@
+//! Nothing lost: slow consumers are cut without harming others and catch up
+//! from the store; a crash loses no acknowledged event; a graceful shutdown
+//! ends every stream and flushes; dropped connections leave nothing behind.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{ids, Backend, Relay};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+backend_tests!(
+    slow_consumer_is_cut_others_unaffected_and_it_catches_up,
+    crash_loses_no_acknowledged_event,
+    graceful_shutdown_ends_streams_and_keeps_events,
+    a_client_that_stops_reading_frees_its_slot_without_events,
+    dropped_connections_leave_no_slot_behind,
+);
+
+/// Opens a stream over a raw socket with a tiny receive buffer, reads the
+/// preamble, and returns the socket (which the caller then stops reading)
+/// and the `connected` id.
+async fn stalled_subscriber(
+    relay: &Relay,
+    map: &str,
+    key: &str,
+) -> (tokio::net::TcpStream, String) {
+    let addr: std::net::SocketAddr = relay.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET /api/maps/{map}/events/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("event: connected\ndata:") {
+        let n = tokio::time::timeout(common::WAIT, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "stream closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen).to_string();
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("connected id")
+        .to_owned();
+    (stream, id)
+}
+
+async fn slow_consumer_is_cut_others_unaffected_and_it_catches_up(backend: Backend) {
+    // A long keep-alive keeps the kernel's user timeout out of the way: the
+    // overflow alone must cut the stalled stream.
+    let relay = Relay::start_with(
+        backend,
+        &[
+            ("HERALD__SSE__CLIENT_BUFFER", "64"),
+            ("HERALD__SSE__KEEPALIVE_SECS", "60"),
+        ],
+    )
+    .await;
+    let map = relay.create_map().await;
+    let mut reader = relay.subscribe(&map.slug, &map.key, "", None).await;
+    reader.connected().await;
+    let (mut stalled, start) = stalled_subscriber(&relay, &map.slug, &map.key).await;
+
+    let payload = "x".repeat(16_000);
+    let mut published = Vec::new();
+    for _ in 0..30 {
+        let batch: Vec<_> = (0..20)
+            .map(|i| json!({"type": "big", "payload": {"i": i, "pad": payload}}))
+            .collect();
+        let ids_of_batch = relay.publish(&map.slug, json!(batch)).await;
+        // The reading client keeps pace; only the stalled one falls behind.
+        assert_eq!(
+            ids(&reader.take(ids_of_batch.len()).await),
+            ids_of_batch,
+            "the reading client gets everything"
+        );
+        published.extend(ids_of_batch);
+    }
+
+    // The stalled stream is cut: counted, its slot freed, its socket closed.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let stats = relay.admin_json("/api/admin/stats").await;
+        if stats["slow_consumer_disconnects"].as_u64() >= Some(1) && stats["connections"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slow consumer not cut: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut sink = vec![0u8; 1 << 16];
+    let closed = tokio::time::timeout(common::WAIT, async {
+        loop {
+            match stalled.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the stalled socket was closed by the server"
+    );
+
+    // Reconnecting with its position, it catches up on everything from the store.
+    let mut again = relay.subscribe(&map.slug, &map.key, "", Some(&start)).await;
+    again.connected().await;
+    assert_eq!(ids(&again.take(published.len()).await), published);
+}
+
+async fn crash_loses_no_acknowledged_event(backend: Backend) {
+    let mut relay = Relay::start(backend).await;
+    let map = relay.create_map().await;
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            let (url, acked) = (relay.url(&format!("/api/maps/{}/events", map.slug)), Arc::clone(&acked));
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for i in 0.. {
+                    let body = json!([{"type": "c", "payload": [p, i]}, {"type": "c", "payload": [p, i, 1]}]);
+                    let Ok(response) = http.post(&url).bearer_auth(common::PUBLISHER).json(&body).send().await else {
+                        return;
+                    };
+                    if response.status() != 201 {
+                        return;
+                    }
+                    let Ok(body) = response.json::<serde_json::Value>().await else { return };
+                    let ids = body["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned());
+                    acked.lock().unwrap().extend(ids);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    relay.kill();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 10,
+        "publishers got acknowledgements before the crash"
+    );
+
+    relay.restart();
+    let mut client = relay
+        .subscribe(&map.slug, &map.key, "", Some("00000000000000000000000000"))
+        .await;
+    client.connected().await;
+    let mut delivered = Vec::new();
+    while let Some(event) = client.next_within(Duration::from_millis(600)).await {
+        delivered.push(event.id);
+    }
+    let mut sorted = delivered.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, delivered, "delivered once each, in id order");
+    for id in &acked {
+        assert!(
+            delivered.binary_search(id).is_ok(),
+            "acknowledged event {id} lost in the crash"
+        );
+    }
+}
+
+async fn graceful_shutdown_ends_streams_and_keeps_events(backend: Backend) {
+    let mut relay = Relay::start(backend).await;
+    let map = relay.create_map().await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut client = relay.subscribe(&map.slug, &map.key, "", None).await;
+        client.connected().await;
+        clients.push(client);
+    }
+    let published = relay.publish_n(&map.slug, 5).await;
+    let started = tokio::time::Instant::now();
+    relay.send_sigterm();
+    for client in &mut clients {
+        assert!(
+            client.ends_within(Duration::from_secs(5)).await,
+            "stream ended on shutdown"
+        );
+    }
+    let status = relay
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits within 10 s");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    relay.restart();
+    let mut client = relay
+        .subscribe(&map.slug, &map.key, "", Some("00000000000000000000000000"))
+        .await;
+    client.connected().await;
+    assert_eq!(ids(&client.take(5).await), published);
+}
+
+async fn dropped_connections_leave_no_slot_behind(backend: Backend) {
+    let relay = Relay::start_with(
+        backend,
+        &[("HERALD__LIMITS__MAX_CONNECTIONS_PER_MAP", "50")],
+    )
+    .await;
+    let map = relay.create_map().await;
+    let path = format!("/api/maps/{}/events/stream", map.slug);
+    for round in 0..6 {
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let (url, key) = (relay.url(&path), map.key.clone());
+            tasks.push(tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let request = http.get(url).bearer_auth(key).send();
+                if i % 2 == 0 {
+                    // Give up before (or while) the answer arrives.
+                    let _ = tokio::time::timeout(Duration::from_millis(1), request).await;
+                } else if let Ok(response) = request.await {
+                    let _ = response.bytes_stream();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + common::WAIT;
+        loop {
+            let stats = relay.admin_json("/api/admin/stats").await;
+            let map_info = relay
+                .admin_json(&format!("/api/admin/maps/{}", map.slug))
+                .await;
+            if stats["connections"] == 0 && map_info["connections"] == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: slots leaked: {stats}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The map's limit of 50 is fully available again.
+    let mut open = Vec::new();
+    for _ in 0..50 {
+        let mut client = relay.subscribe(&map.slug, &map.key, "", None).await;
+        client.connected().await;
+        open.push(client);
+    }
+    let refused = relay.stream_request(&path, &map.key, None).await;
+    assert_eq!(refused.status(), 429);
+}
+
+/// No events flow, so nothing overflows: the keep-alives the client never
+/// acknowledges (its window is shut) fail the connection within about two
+/// keep-alive periods.
+async fn a_client_that_stops_reading_frees_its_slot_without_events(backend: Backend) {
+    let relay = Relay::start_with(backend, &[("HERALD__SSE__KEEPALIVE_SECS", "1")]).await;
+    let map = relay.create_map().await;
+    let (stalled, _) = stalled_subscriber(&relay, &map.slug, &map.key).await;
+    // Fill the client's tiny receive window so keep-alives stay unacknowledged.
+    relay
+        .publish(
+            &map.slug,
+            json!({"type": "fill", "payload": "x".repeat(60_000)}),
+        )
+        .await;
+    let started = tokio::time::Instant::now();
+    loop {
+        let stats = relay.admin_json("/api/admin/stats").await;
+        if stats["connections"] == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "slot still held: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stalled);
+}
