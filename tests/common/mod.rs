@@ -145,6 +145,26 @@ impl Relay {
     pub async fn start_with(backend: Backend, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Database::create(backend, dir.path()).await;
+        Self::launch(backend, db, dir, env)
+    }
+
+    /// Starts a relay on a PostgreSQL database the test owns (whole database,
+    /// no schema of its own).
+    pub fn start_on_postgres(url: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Database {
+            url: url.to_owned(),
+            schema: None,
+        };
+        Self::launch(Backend::Postgres, db, dir, env)
+    }
+
+    fn launch(
+        backend: Backend,
+        db: Database,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> Self {
         let config = dir.path().join("settings.toml");
         std::fs::write(
             &config,
@@ -183,13 +203,8 @@ impl Relay {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("--config")
-            .arg(&self.config)
-            .arg("serve")
-            .current_dir(self.dir.path())
-            .envs(self.env.iter().cloned())
-            .env("RUST_LOG", "info")
+        let mut child = self
+            .command()
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -208,6 +223,19 @@ impl Relay {
             Ok(addr) => self.base = addr,
             Err(_) => panic!("herald did not start:\n{}", self.log_text()),
         }
+    }
+
+    /// The command that runs this relay (`herald --config ... serve`).
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .current_dir(self.dir.path())
+            .envs(self.env.iter().cloned())
+            .env("RUST_LOG", "info");
+        command
     }
 
     /// The server's log so far.
@@ -301,30 +329,23 @@ impl Relay {
     }
 
     /// Publishes and asserts 201; returns the ids.
-    #[track_caller]
-    pub fn publish<'a>(
-        &'a self,
-        map: &'a str,
-        body: Value,
-    ) -> impl std::future::Future<Output = Vec<String>> + 'a {
-        async move {
-            let response = self
-                .post(&format!("/api/maps/{map}/events"), PUBLISHER)
-                .json(&body)
-                .send()
-                .await
-                .expect("publish");
-            let status = response.status();
-            let text = response.text().await.unwrap_or_default();
-            assert_eq!(status, 201, "publish answered {status}: {text}");
-            let body: Value = serde_json::from_str(&text).expect("json");
-            body["ids"]
-                .as_array()
-                .expect("ids")
-                .iter()
-                .map(|v| v.as_str().expect("id").to_owned())
-                .collect()
-        }
+    pub async fn publish(&self, map: &str, body: Value) -> Vec<String> {
+        let response = self
+            .post(&format!("/api/maps/{map}/events"), PUBLISHER)
+            .json(&body)
+            .send()
+            .await
+            .expect("publish");
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert_eq!(status, 201, "publish answered {status}: {text}");
+        let body: Value = serde_json::from_str(&text).expect("json");
+        body["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_str().expect("id").to_owned())
+            .collect()
     }
 
     /// Publishes `n` events of type `t.<i>` one request each; returns ids.
