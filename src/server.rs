@@ -96,7 +96,10 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(app_state.clone()))
+            // A panicking handler answers 500 instead of dropping the connection.
+            .wrap(actix_web_lab::middleware::CatchPanic::default())
             .wrap(crate::http::cors(&app_state.settings.cors.allowed_origins))
+            .wrap(actix_web::middleware::from_fn(crate::http::json_errors))
             .configure(crate::http::configure)
     })
     .workers(workers)
@@ -135,9 +138,14 @@ async fn stop_on_signal(state: AppState, server: actix_web::dev::ServerHandle) {
         "shutdown: closing {} streams, flushing pending events",
         state.connections.total()
     );
+    // Stop accepting first (the command is sent now), then end the streams
+    // so their connections can close, then commit what is queued.
+    let stopped = server.stop(true);
     state.connections.close_all();
     state.persistence.flush().await;
-    server.stop(true).await;
+    // Streams that arrived on kept-alive connections meanwhile end too.
+    state.connections.close_all();
+    stopped.await;
 }
 
 async fn wait_for_signal() {

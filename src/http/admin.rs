@@ -1,6 +1,8 @@
 //! `/api/admin/*`: maps, keys, limits, connections and counters. Every
 //! handler requires the admin token.
 
+use std::sync::Arc;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -27,6 +29,19 @@ impl From<DirectoryError> for ApiError {
 
 fn admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     authenticate(state, req, None)?.require_admin()
+}
+
+/// The map of an admin path, in the spec's order of checks: credential,
+/// then map, then role.
+fn admin_map(
+    state: &AppState,
+    req: &HttpRequest,
+    id_or_slug: &str,
+) -> Result<Arc<MapRecord>, ApiError> {
+    let caller = authenticate(state, req, None)?;
+    let map = resolve_map(state, id_or_slug)?;
+    caller.require_admin()?;
+    Ok(map)
 }
 
 fn ms_text(ms: i64) -> String {
@@ -135,8 +150,7 @@ pub async fn get_map(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
-    let map = resolve_map(&state, &path)?;
+    let map = admin_map(&state, &req, &path)?;
     Ok(HttpResponse::Ok().json(map_json(&state, &map)))
 }
 
@@ -146,8 +160,7 @@ pub async fn create_key(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
-    let map = resolve_map(&state, &path)?;
+    let map = admin_map(&state, &req, &path)?;
     let issued = state.directory.add_key(map.id).await?;
     log::info!("key created map={} key={}", map.id, issued.key.id);
     Ok(HttpResponse::Created().json(json!({
@@ -163,9 +176,8 @@ pub async fn revoke_key(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
     let (map, key_id) = path.into_inner();
-    let map = resolve_map(&state, &map)?;
+    let map = admin_map(&state, &req, &map)?;
     let key_id = parse_ulid(&key_id).ok_or(ApiError::KeyNotFound)?;
     state.directory.revoke_key(map.id, key_id).await?;
     state.sse_tokens.revoke_key(key_id);
@@ -185,8 +197,7 @@ pub async fn set_limits(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
-    let map = resolve_map(&state, &path)?;
+    let map = admin_map(&state, &req, &path)?;
     let body = read_body(&req, payload, MAX_ADMIN_BODY).await?;
     let Value::Object(fields) = parse_json::<Value>(&body)? else {
         return Err(ApiError::InvalidLimits("body must be a JSON object".into()));
@@ -201,7 +212,8 @@ pub async fn set_limits(
         };
         *slot = match value {
             Value::Null => None,
-            Value::Number(n) if n.as_u64().is_some() => n.as_u64(),
+            // The store keeps limits as signed 64-bit integers.
+            Value::Number(n) if n.as_i64().is_some_and(|v| v >= 0) => n.as_u64(),
             _ => {
                 return Err(ApiError::InvalidLimits(format!(
                     "{name} must be a non-negative integer or null"

@@ -16,7 +16,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix_cors::Cors;
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
+use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -88,6 +91,44 @@ pub fn cors(allowed_origins: &[String]) -> Cors {
             .iter()
             .fold(cors, |cors, origin| cors.allowed_origin(origin))
     }
+}
+
+/// Middleware: errors answered outside our handlers (a CORS refusal, a
+/// caught panic) become JSON `{"error", "code"}` like every other error.
+///
+/// # Errors
+/// An inner error is passed on as an [`ApiError`], which renders as JSON.
+pub async fn json_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody, BoxBody>>, actix_web::Error> {
+    let response = match next.call(req).await {
+        Ok(response) => response,
+        Err(err) => return Err(ApiError::Internal(format!("request failed: {err}")).into()),
+    };
+    let foreign = response
+        .response()
+        .error()
+        .filter(|e| e.as_error::<ApiError>().is_none());
+    let Some(err) = foreign else {
+        return Ok(response.map_into_left_body());
+    };
+    let status = response.status();
+    let code = match status.as_u16() {
+        400 => "BAD_REQUEST",
+        404 => "NOT_FOUND",
+        405 => "METHOD_NOT_ALLOWED",
+        413 => "PAYLOAD_TOO_LARGE",
+        _ => "INTERNAL_ERROR",
+    };
+    let message = match err.to_string() {
+        text if text.is_empty() || status.is_server_error() => status.to_string(),
+        text => text,
+    };
+    let (request, _) = response.into_parts();
+    let json =
+        HttpResponse::build(status).json(serde_json::json!({ "error": message, "code": code }));
+    Ok(ServiceResponse::new(request, json).map_into_right_body())
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
@@ -172,6 +213,16 @@ pub fn resolve_map(state: &AppState, id_or_slug: &str) -> Result<Arc<MapRecord>,
         .directory
         .resolve(id_or_slug)
         .ok_or(ApiError::MapNotFound)
+}
+
+/// The `token` query parameter (an SSE token), read before the query is
+/// validated: credentials are checked before input.
+pub fn query_token(req: &HttpRequest) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string()).ok()?;
+    pairs
+        .into_iter()
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value)
 }
 
 /// The query string as name → value (the first of repeated names wins).

@@ -10,7 +10,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use ulid::Ulid;
 
-use super::{authenticate, query_params, resolve_map, Caller};
+use super::{authenticate, query_params, query_token, resolve_map, Caller};
 use crate::actors::session::{self, StreamRequest, StreamServices};
 use crate::connections::{Admission, ConnectionInfo, LimitExceeded};
 use crate::error::ApiError;
@@ -28,10 +28,10 @@ pub async fn map_stream(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.rate_limiter.check(&req)?;
-    let params = query_params(&req)?;
-    let caller = authenticate(&state, &req, params.get("token").map(String::as_str))?;
+    let caller = authenticate(&state, &req, query_token(&req).as_deref())?;
     let map = resolve_map(&state, &path)?;
     let key_id = caller.reader_of(&map)?;
+    let params = query_params(&req)?;
     open_stream(&state, &req, &params, Some(&map), key_id).await
 }
 
@@ -41,8 +41,8 @@ pub async fn firehose(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.rate_limiter.check(&req)?;
-    let params = query_params(&req)?;
     authenticate(&state, &req, None)?.require_admin()?;
+    let params = query_params(&req)?;
     open_stream(&state, &req, &params, None, None).await
 }
 
