@@ -76,8 +76,13 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
         hub_arbiters.iter().map(Arbiter::handle).collect(),
     );
     let metrics = Arc::new(Metrics::default());
-    let persistence =
-        PersistenceHandle::start(Arc::clone(&store), hubs.clone(), Arc::clone(&metrics));
+    let last_id = store.newest_event_id(None).await?.unwrap_or_default();
+    let persistence = PersistenceHandle::start(
+        Arc::clone(&store),
+        hubs.clone(),
+        Arc::clone(&metrics),
+        last_id,
+    );
     let state = AppState {
         settings: Arc::clone(&settings),
         store: Arc::clone(&store),

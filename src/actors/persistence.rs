@@ -46,15 +46,16 @@ pub struct Persistence {
     metrics: Arc<Metrics>,
     queue: VecDeque<PendingPublish>,
     committing: bool,
-    ids: ulid::Generator,
+    /// The last id handed out (at start: the newest stored one), so ids
+    /// keep increasing across restarts even if the clock steps back.
+    last_id: Ulid,
     flush_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Persistence {
     fn next_id(&mut self) -> Ulid {
-        self.ids
-            .generate()
-            .unwrap_or_else(|overflow| overflow.commit_overflow_increment())
+        self.last_id = next_ulid(self.last_id, Ulid::generate());
+        self.last_id
     }
 
     /// Starts the next commit unless one runs or nothing waits.
@@ -154,13 +155,25 @@ impl Handler<Flush> for Persistence {
     }
 }
 
+/// The id after `last`: a fresh time-based one when the clock has moved
+/// past it, else `last + 1` (same millisecond, or a clock that stepped back).
+fn next_ulid(last: Ulid, fresh: Ulid) -> Ulid {
+    if fresh > last {
+        fresh
+    } else {
+        // 2^80 ids in one millisecond would be needed to overflow.
+        last.increment().unwrap_or(fresh)
+    }
+}
+
 /// Typed handle to the persistence actor.
 #[derive(Clone)]
 pub struct PersistenceHandle(Addr<Persistence>);
 
 impl PersistenceHandle {
-    /// Starts the actor on the current arbiter.
-    pub fn start(store: SharedStore, hubs: Hubs, metrics: Arc<Metrics>) -> Self {
+    /// Starts the actor on the current arbiter; ids will be greater than
+    /// `last_id` (the newest stored id).
+    pub fn start(store: SharedStore, hubs: Hubs, metrics: Arc<Metrics>, last_id: Ulid) -> Self {
         Self(
             Persistence {
                 store,
@@ -168,7 +181,7 @@ impl PersistenceHandle {
                 metrics,
                 queue: VecDeque::new(),
                 committing: false,
-                ids: ulid::Generator::new(),
+                last_id,
                 flush_waiters: Vec::new(),
             }
             .start(),
@@ -200,5 +213,25 @@ impl PersistenceHandle {
     /// Waits until every publish queued so far has been committed or failed.
     pub async fn flush(&self) {
         let _ = self.0.send(Flush).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_increase_even_when_the_clock_steps_back() {
+        let last = Ulid::from_parts(2_000, 5);
+        assert_eq!(
+            next_ulid(last, Ulid::from_parts(1_000, 9)),
+            Ulid::from_parts(2_000, 6)
+        );
+        assert_eq!(
+            next_ulid(last, Ulid::from_parts(2_000, 1)),
+            Ulid::from_parts(2_000, 6)
+        );
+        let later = Ulid::from_parts(3_000, 1);
+        assert_eq!(next_ulid(last, later), later);
     }
 }
