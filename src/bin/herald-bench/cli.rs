@@ -1,0 +1,227 @@
+//! Command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::target::TargetKind;
+
+/// herald-bench — measures herald (and Nchan, side by side) over real SSE
+/// connections on this machine. Every run is bounded in time and in
+/// connections, and talks to 127.0.0.1 only.
+#[derive(Debug, Parser)]
+#[command(name = "herald-bench", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// Options of every scenario (accepted before or after its name).
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Server profile to measure (`compare` measures both).
+    #[arg(long, value_enum, default_value_t = TargetKind::Herald, global = true)]
+    pub target: TargetKind,
+
+    /// Server root URL (loopback only). Default: http://127.0.0.1:8080 for
+    /// herald, the --nchan-url for nchan.
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+
+    /// Start this herald binary for the run (ephemeral port, rate limit off,
+    /// connection limits raised, a fresh temp SQLite db unless
+    /// --database-url), and stop it at the end.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub spawn_herald: Option<PathBuf>,
+
+    /// Database of the spawned herald (sqlite://... or postgres://... on
+    /// this machine; PostgreSQL gets a fresh schema, dropped afterwards).
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// `server.workers` of the spawned herald (default: herald's own).
+    #[arg(long, global = true, value_name = "N")]
+    pub herald_workers: Option<usize>,
+
+    /// Extra environment for the spawned herald (repeatable), e.g.
+    /// `--herald-env HERALD__SSE__CLIENT_BUFFER=4096`.
+    #[arg(long, global = true, value_name = "KEY=VALUE")]
+    pub herald_env: Vec<String>,
+
+    /// RUST_LOG of the spawned herald (`info` logs every connect).
+    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
+    pub herald_log: String,
+
+    /// herald admin token (creates the bench's maps).
+    #[arg(long, global = true, default_value = "demo-admin-token")]
+    pub admin_token: String,
+
+    /// herald publisher token.
+    #[arg(long, global = true, default_value = "demo-publisher-token")]
+    pub publisher_token: String,
+
+    /// Nchan peer's root URL.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8090")]
+    pub nchan_url: String,
+
+    /// Nchan's master pid file (its workers are found as its children) for
+    /// RSS when no --server-pid is given.
+    #[arg(long, global = true, default_value = "/tmp/nchan-peer/nginx.pid")]
+    pub nchan_pid_file: PathBuf,
+
+    /// Server process(es) whose VmRSS is measured (comma list; for herald a
+    /// spawned process is known already).
+    #[arg(long, global = true, value_delimiter = ',', value_name = "PID")]
+    pub server_pid: Vec<u32>,
+
+    /// Client threads (each a single-threaded runtime). Default: CPU count.
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Write the results as JSON to this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+
+    /// Hard cap on the whole run, in seconds.
+    #[arg(long, global = true, default_value_t = 900, value_name = "SECS")]
+    pub max_time: u64,
+
+    /// Timeout of one connect or request, in seconds.
+    #[arg(long, global = true, default_value_t = 10, value_name = "SECS")]
+    pub request_timeout: u64,
+
+    /// Streams being opened at once.
+    #[arg(long, global = true, default_value_t = 256, value_name = "N")]
+    pub connect_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    #[command(flatten)]
+    Single(Single),
+    /// Run a scenario against herald and Nchan alternately (A B A B ...),
+    /// print medians and ratios, and plot both as SVG.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Single {
+    /// Open N idle streams: connect time, server RSS per stream.
+    Connections(ConnectionsArgs),
+    /// S subscribers on one channel, events published at a rate or flat
+    /// out: deliveries/s, publish→parse latency, lost events.
+    Fanout(FanoutArgs),
+    /// C concurrent publishers, batches of B: acked events/s, ack latency.
+    Ingest(IngestArgs),
+    /// Publish K events, reconnect with a Last-Event-ID K behind: time
+    /// until all K are received.
+    Backfill(BackfillArgs),
+}
+
+impl Single {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Connections(_) => "connections",
+            Self::Fanout(_) => "fanout",
+            Self::Ingest(_) => "ingest",
+            Self::Backfill(_) => "backfill",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionsArgs {
+    /// Streams to open (bounded by this process's open-file limit).
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Seconds to hold them open once all are up.
+    #[arg(long, default_value_t = 3.0)]
+    pub hold: f64,
+    /// Seconds to wait before reading the server's RSS (before and after).
+    #[arg(long, default_value_t = 1.0)]
+    pub settle: f64,
+    /// Seconds allowed for opening all streams.
+    #[arg(long, default_value_t = 120.0)]
+    pub open_timeout: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Subscribers on the channel.
+    #[arg(short = 's', long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Payload bytes per event.
+    #[arg(short = 'p', long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Events per second in all (0: each publisher publishes as fast as
+    /// it is acknowledged).
+    #[arg(short = 'r', long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(short = 'd', long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Concurrent publishers (each numbers its own events).
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Events per publish request (herald only; Nchan takes one).
+    #[arg(short = 'b', long, default_value_t = 1)]
+    pub batch: usize,
+    /// Seconds allowed after publishing for the last deliveries.
+    #[arg(long, default_value_t = 15.0)]
+    pub drain: f64,
+    /// Seconds allowed for opening all subscribers.
+    #[arg(long, default_value_t = 120.0)]
+    pub open_timeout: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IngestArgs {
+    /// Concurrent publishers.
+    #[arg(short = 'c', long, default_value_t = 16)]
+    pub publishers: usize,
+    /// Events per request (herald up to 1000; Nchan 1).
+    #[arg(short = 'b', long, default_value_t = 100)]
+    pub batch: usize,
+    /// Payload bytes per event.
+    #[arg(short = 'p', long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Seconds of publishing.
+    #[arg(short = 'd', long, default_value_t = 5.0)]
+    pub duration: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackfillArgs {
+    /// Events to catch up on (Nchan keeps 1000 per channel in the peer's
+    /// config).
+    #[arg(short = 'k', long, default_value_t = 10_000)]
+    pub events: usize,
+    /// Payload bytes per event.
+    #[arg(short = 'p', long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Reconnects measured (same Last-Event-ID each time).
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+    /// Seconds allowed for one catch-up.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Alternations (each runs herald then Nchan); at least 3 for
+    /// reportable medians.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// SVG plot file (default: the --out file with an .svg extension, else
+    /// compare-<scenario>.svg).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// Seconds of pause between runs (lets sockets and the server settle).
+    #[arg(long, default_value_t = 2.0)]
+    pub pause: f64,
+    #[command(subcommand)]
+    pub scenario: Single,
+}

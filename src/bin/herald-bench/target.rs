@@ -1,0 +1,558 @@
+//! Target profiles: how to set up a channel, publish and subscribe on
+//! herald and on Nchan; starting a herald process for a run; reading a
+//! server's memory from /proc.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::http::{self, Endpoint, HttpConn};
+use crate::sse::{write_payload, BenchFields};
+
+/// Which kind of server a run talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// A map created through the admin API, Bearer map key, JSON publish.
+    Herald,
+    /// `POST /pub/{channel}` with the raw payload, `GET /sub/{channel}`.
+    Nchan,
+}
+
+impl TargetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Herald => "herald",
+            Self::Nchan => "nchan",
+        }
+    }
+}
+
+/// A server to measure.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub kind: TargetKind,
+    pub endpoint: Endpoint,
+    pub admin_token: String,
+    pub publisher_token: String,
+    /// Processes whose RSS is the server's memory.
+    pub server_pids: Vec<u32>,
+    pub timeout: Duration,
+}
+
+/// One channel (herald map or Nchan channel) set up for a run.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub kind: TargetKind,
+    pub name: String,
+    pub endpoint: Endpoint,
+    pub publish_path: String,
+    /// `Authorization` value for publishing.
+    pub publish_auth: Option<String>,
+    pub subscribe_path: String,
+    /// `Authorization` value for subscribing.
+    pub subscribe_auth: Option<String>,
+}
+
+/// A unique lowercase name for a map or channel.
+pub fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    )
+}
+
+impl Target {
+    /// Sets up a fresh channel that `subscribers` streams may join.
+    pub async fn create_channel(&self, subscribers: usize) -> Result<Channel, String> {
+        let name = unique_name("bench");
+        match self.kind {
+            TargetKind::Nchan => Ok(Channel {
+                kind: self.kind,
+                publish_path: format!("/pub/{name}"),
+                publish_auth: None,
+                subscribe_path: format!("/sub/{name}"),
+                subscribe_auth: None,
+                endpoint: self.endpoint.clone(),
+                name,
+            }),
+            TargetKind::Herald => {
+                let admin = format!("Bearer {}", self.admin_token);
+                let body = serde_json::json!({ "slug": name }).to_string();
+                let response = http::once(
+                    &self.endpoint,
+                    "POST",
+                    "/api/admin/maps",
+                    &[
+                        ("Authorization", &admin),
+                        ("Content-Type", "application/json"),
+                    ],
+                    body.as_bytes(),
+                    self.timeout,
+                )
+                .await
+                .map_err(|e| format!("create map on {}: {e}", self.endpoint.url()))?;
+                if response.status != 201 {
+                    return Err(format!(
+                        "create map answered {}: {} (is --admin-token right?)",
+                        response.status,
+                        response.text()
+                    ));
+                }
+                let created = response.json().map_err(|e| e.to_string())?;
+                let key = created["api_key"]
+                    .as_str()
+                    .ok_or("create map: no api_key in the answer")?
+                    .to_owned();
+                // Let every bench stream in: raise the map's limits.
+                let limit = subscribers.max(1) + 16;
+                let limits = serde_json::json!({
+                    "max_connections": limit,
+                    "max_connections_per_key": limit,
+                })
+                .to_string();
+                let response = http::once(
+                    &self.endpoint,
+                    "PUT",
+                    &format!("/api/admin/maps/{name}/limits"),
+                    &[
+                        ("Authorization", &admin),
+                        ("Content-Type", "application/json"),
+                    ],
+                    limits.as_bytes(),
+                    self.timeout,
+                )
+                .await
+                .map_err(|e| format!("set map limits: {e}"))?;
+                if response.status != 200 {
+                    return Err(format!(
+                        "set map limits answered {}: {}",
+                        response.status,
+                        response.text()
+                    ));
+                }
+                Ok(Channel {
+                    kind: self.kind,
+                    publish_path: format!("/api/maps/{name}/events"),
+                    publish_auth: Some(format!("Bearer {}", self.publisher_token)),
+                    subscribe_path: format!("/api/maps/{name}/events/stream"),
+                    subscribe_auth: Some(format!("Bearer {key}")),
+                    endpoint: self.endpoint.clone(),
+                    name,
+                })
+            }
+        }
+    }
+
+    /// The sum of the server processes' VmRSS, in KiB.
+    pub fn server_rss_kib(&self) -> Option<u64> {
+        if self.server_pids.is_empty() {
+            return None;
+        }
+        let mut total = 0;
+        for pid in &self.server_pids {
+            total += vm_rss_kib(*pid)?;
+        }
+        Some(total)
+    }
+}
+
+impl Channel {
+    /// Events one publish request may carry.
+    pub fn max_batch(&self) -> usize {
+        match self.kind {
+            TargetKind::Herald => 1000,
+            TargetKind::Nchan => 1,
+        }
+    }
+
+    /// Writes a publish body for `events` (all stamped by the caller).
+    pub fn write_publish_body(
+        &self,
+        out: &mut Vec<u8>,
+        events: &[BenchFields],
+        payload_bytes: usize,
+    ) {
+        out.clear();
+        match self.kind {
+            TargetKind::Nchan => {
+                if let Some(fields) = events.first() {
+                    write_payload(out, *fields, payload_bytes);
+                }
+            }
+            TargetKind::Herald => {
+                let many = events.len() > 1;
+                if many {
+                    out.push(b'[');
+                }
+                for (i, fields) in events.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(b"{\"type\":\"bench\",\"payload\":");
+                    write_payload(out, *fields, payload_bytes);
+                    out.push(b'}');
+                }
+                if many {
+                    out.push(b']');
+                }
+            }
+        }
+    }
+
+    /// The request that opens a stream.
+    pub fn subscribe_request(&self, last_event_id: Option<&[u8]>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"GET ");
+        out.extend_from_slice(self.subscribe_path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        out.extend_from_slice(self.endpoint.host.as_bytes());
+        out.extend_from_slice(b"\r\nAccept: text/event-stream\r\n");
+        if let Some(auth) = &self.subscribe_auth {
+            out.extend_from_slice(b"Authorization: ");
+            out.extend_from_slice(auth.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(id) = last_event_id {
+            out.extend_from_slice(b"Last-Event-ID: ");
+            out.extend_from_slice(id);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+}
+
+/// A keep-alive publishing connection to one channel.
+pub struct Publisher {
+    channel: Arc<Channel>,
+    conn: HttpConn,
+    body: Vec<u8>,
+    payload_bytes: usize,
+}
+
+impl Publisher {
+    pub fn new(channel: Arc<Channel>, payload_bytes: usize, timeout: Duration) -> Self {
+        let conn = HttpConn::new(&channel.endpoint, timeout);
+        Self {
+            channel,
+            conn,
+            body: Vec::with_capacity(payload_bytes + 256),
+            payload_bytes,
+        }
+    }
+
+    /// Publishes `events` in one request; `Ok` once the server acknowledged.
+    pub async fn publish(&mut self, events: &[BenchFields]) -> Result<(), String> {
+        self.channel
+            .write_publish_body(&mut self.body, events, self.payload_bytes);
+        let auth = self.channel.publish_auth.clone();
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2);
+        if let Some(auth) = auth.as_deref() {
+            headers.push(("Authorization", auth));
+        }
+        headers.push((
+            "Content-Type",
+            match self.channel.kind {
+                TargetKind::Herald => "application/json",
+                TargetKind::Nchan => "text/plain",
+            },
+        ));
+        let response = self
+            .conn
+            .request("POST", &self.channel.publish_path, &headers, &self.body)
+            .await
+            .map_err(|e| format!("publish: {e}"))?;
+        let ok = match self.channel.kind {
+            TargetKind::Herald => response.status == 201,
+            TargetKind::Nchan => (200..300).contains(&response.status),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "publish answered {}: {}",
+                response.status,
+                response.text().chars().take(200).collect::<String>()
+            ))
+        }
+    }
+
+    /// Connections re-opened after the first.
+    pub fn reconnects(&self) -> u64 {
+        self.conn.reconnects
+    }
+}
+
+/// VmRSS of one process, in KiB.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The Nchan peer's processes: the master from its pid file and its
+/// children (the workers).
+pub fn nchan_pids(pid_file: &Path) -> Vec<u32> {
+    let Some(master) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    else {
+        return Vec::new();
+    };
+    let mut pids = vec![master];
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Fields after the `(comm)`: state, ppid, ...
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(master) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// How to start a herald for the run.
+#[derive(Debug, Clone)]
+pub struct SpawnOptions {
+    pub binary: PathBuf,
+    /// `None`: a fresh SQLite file in the run's temp dir.
+    pub database_url: Option<String>,
+    pub workers: Option<usize>,
+    pub env: Vec<(String, String)>,
+    pub log_level: String,
+    pub admin_token: String,
+    pub publisher_token: String,
+}
+
+/// A herald process started by the bench; stopped (SIGTERM) on drop.
+pub struct SpawnedHerald {
+    child: Option<Child>,
+    pub endpoint: Endpoint,
+    pub pid: u32,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub database: String,
+    pg_schema: Option<(String, String)>,
+}
+
+/// Refuses a database URL whose host is not this machine.
+pub fn check_database_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("database URL `{url}` has no scheme"));
+    };
+    if scheme.starts_with("sqlite") {
+        return Ok(());
+    }
+    if !scheme.starts_with("postgres") {
+        return Err(format!(
+            "database URL `{url}`: use sqlite:// or postgres://"
+        ));
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host_port.starts_with('[') {
+        host_port.split(']').next().map(|h| format!("{h}]"))
+    } else {
+        host_port.split(':').next().map(str::to_owned)
+    }
+    .unwrap_or_default();
+    if host.is_empty() || http::loopback_ip(&host).is_some() {
+        Ok(())
+    } else {
+        Err(format!(
+            "database URL `{url}`: herald-bench only uses a database on this machine"
+        ))
+    }
+}
+
+impl SpawnedHerald {
+    /// Starts herald on an ephemeral loopback port with the rate limit off
+    /// and connection limits raised; waits for its `listening` line.
+    pub async fn start(options: &SpawnOptions, timeout: Duration) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(unique_name("herald-bench"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
+        let mut pg_schema = None;
+        let database = match &options.database_url {
+            None => format!("sqlite://{}", dir.join("herald.db").display()),
+            Some(url) if url.starts_with("postgres") => {
+                check_database_url(url)?;
+                let schema = unique_name("bench").replace('-', "_");
+                create_pg_schema(url, &schema).await?;
+                pg_schema = Some((url.clone(), schema.clone()));
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}options[search_path]={schema}")
+            }
+            Some(url) => {
+                check_database_url(url)?;
+                url.clone()
+            }
+        };
+        let config = dir.join("settings.toml");
+        let workers = options
+            .workers
+            .map(|w| format!("workers = {w}\n"))
+            .unwrap_or_default();
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nbind = \"127.0.0.1:0\"\n{workers}\
+                 [database]\nurl = \"{database}\"\n\
+                 [auth]\nadmin_token = \"{}\"\npublisher_tokens = [\"{}\"]\n\
+                 [limits]\nrate_per_minute = 0\nmax_connections = 100000\n\
+                 max_connections_per_map = 100000\nmax_connections_per_key = 100000\n",
+                options.admin_token, options.publisher_token
+            ),
+        )
+        .map_err(|e| format!("write settings: {e}"))?;
+        let log = dir.join("herald.log");
+        let log_file = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
+        let mut child = Command::new(&options.binary)
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .current_dir(&dir)
+            .envs(options.env.iter().cloned())
+            .env("RUST_LOG", &options.log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", options.binary.display()))?;
+        let pid = child.id();
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("herald listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let mut spawned = Self {
+            child: Some(child),
+            endpoint: Endpoint::parse("http://127.0.0.1:1")?,
+            pid,
+            log: log.clone(),
+            dir,
+            database,
+            pg_schema,
+        };
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(timeout))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| {
+                format!(
+                    "herald did not print its address within {timeout:?}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })?;
+        spawned.endpoint = Endpoint::parse(&addr)?;
+        Ok(spawned)
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s; drops the temporary PostgreSQL
+    /// schema and removes the temp dir.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if std::time::Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        if let Some((url, schema)) = self.pg_schema.take() {
+            let _ = Command::new("psql")
+                .arg(&url)
+                .args([
+                    "-q",
+                    "-c",
+                    &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for SpawnedHerald {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn create_pg_schema(url: &str, schema: &str) -> Result<(), String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .map_err(|e| format!("PostgreSQL at {url}: {e}"))?;
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| format!("create schema {schema}: {e}"))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_must_be_local() {
+        assert!(check_database_url("sqlite://herald.db").is_ok());
+        assert!(check_database_url("postgres://postgres@127.0.0.1:5432/test").is_ok());
+        assert!(check_database_url("postgres://localhost/test").is_ok());
+        assert!(check_database_url("postgres:///test").is_ok());
+        assert!(check_database_url("postgres://u:p@db.example.com:5432/x").is_err());
+        assert!(check_database_url("postgres://10.1.2.3/x").is_err());
+    }
+}
