@@ -7,8 +7,8 @@ use ulid::Ulid;
 use crate::filter::Filter;
 use crate::store::{Scope, SharedStore, StoreError};
 
-/// Heads read per planning query.
-const PLAN_PAGE: u32 = 1000;
+/// Heads read per planning query (filtered streams only).
+const PLAN_PAGE: u32 = 5000;
 
 /// The `backfill_truncated` event's data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -99,6 +99,26 @@ pub async fn plan_from_store(
     filter: &Filter,
     max: usize,
 ) -> Result<Plan, StoreError> {
+    let pruned = store.pruned_through(scope).await? > after;
+    if filter.is_everything() {
+        // No filter: two index lookups instead of a scan.
+        let max = u64::try_from(max).unwrap_or(u64::MAX);
+        let overflow_at = store.id_at_offset_desc(scope, after, max).await?;
+        let replay_after = overflow_at.unwrap_or(after);
+        let truncation = if overflow_at.is_some() || pruned {
+            let oldest = store.events_after(scope, replay_after, 1).await?;
+            Some(Truncation {
+                requested: after,
+                oldest_available: oldest.first().map(|e| e.id),
+            })
+        } else {
+            None
+        };
+        return Ok(Plan {
+            replay_after,
+            truncation,
+        });
+    }
     let mut planner = Planner::new(after, max);
     let mut before = Ulid::max();
     'scan: loop {
@@ -115,7 +135,6 @@ pub async fn plan_from_store(
             _ => break,
         }
     }
-    let pruned = store.pruned_through(scope).await? > after;
     Ok(planner.finish(pruned))
 }
 

@@ -116,9 +116,9 @@ pub fn now_rfc3339() -> String {
 }
 
 /// Parses an event id as clients send it: 26 Crockford base32 characters,
-/// any case. Returns `None` for anything else.
+/// any case. Returns `None` for anything else, surrounding whitespace
+/// included (callers that read a header or a query value trim it first).
 pub fn parse_ulid(text: &str) -> Option<Ulid> {
-    let text = text.trim();
     // The first character carries 3 bits: above `7` the value overflows 128 bits.
     if text.len() != ulid::ULID_LEN || !matches!(text.as_bytes()[0], b'0'..=b'7') {
         return None;
@@ -365,5 +365,22 @@ mod tests {
         assert_eq!(parse_ulid("short"), None);
         assert_eq!(parse_ulid("0000000000000000000000000U"), None);
         assert_eq!(parse_ulid("ééééééééééééé"), None);
+    }
+
+    /// Found by the Last-Event-ID property test (tests/properties.rs): ids
+    /// padded with any Unicode whitespace were accepted, so a path such as
+    /// `/api/admin/connections/%2001J...` named the same connection.
+    #[test]
+    fn ulid_parsing_refuses_surrounding_whitespace() {
+        let id = Ulid::from_parts(123, 456).to_string();
+        for padded in [
+            format!(" {id}"),
+            format!("{id}\t"),
+            format!("\u{3000}{id}"),
+            format!("{id}\u{a0}"),
+        ] {
+            assert_eq!(parse_ulid(&padded), None, "{padded:?}");
+        }
+        assert!(parse_ulid(&id).is_some());
     }
 }

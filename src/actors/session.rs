@@ -42,10 +42,15 @@ use crate::metrics::Metrics;
 use crate::socket::StreamSocket;
 use crate::store::{Scope, SharedStore};
 
-/// Events read from the store per backfill query.
-const BACKFILL_PAGE: u32 = 500;
+/// Bytes of frames aimed at per backfill store query and per written chunk:
+/// few round trips for small events, bounded memory for large ones.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Events of the first backfill query (later ones adapt to the event size).
+const FIRST_PAGE: u32 = 1000;
+/// Bounds of a backfill query, in events.
+const PAGE_RANGE: (u32, u32) = (16, 10_000);
 /// Live events taken from the outbox per write.
-const LIVE_BATCH: usize = 256;
+const LIVE_BATCH: usize = 64;
 /// The comment sent in silences.
 const KEEPALIVE_FRAME: &[u8] = b": keepalive\n\n";
 /// After a close, how long a body that actix does not poll (its client is
@@ -318,7 +323,8 @@ pub async fn open(
             reason: CloseReason::ClientGone,
             progress,
         },
-        batch: Vec::with_capacity(LIVE_BATCH),
+        batch: Vec::new(),
+        page: FIRST_PAGE,
     };
     // `unfold` keeps the pending chunk future inline: no allocation per write.
     Ok(futures_util::stream::unfold(
@@ -396,6 +402,8 @@ struct BodyState {
     info: Arc<crate::connections::ConnectionInfo>,
     link: BodyLink,
     batch: Vec<SharedEvent>,
+    /// Events per backfill store query.
+    page: u32,
 }
 
 impl BodyState {
@@ -416,7 +424,8 @@ impl BodyState {
         written
     }
 
-    fn finish_chunk(&mut self, chunk: BytesMut, events: u64) -> Option<Bytes> {
+    fn finish_chunk(&mut self, chunk: impl Into<Bytes>, events: u64) -> Option<Bytes> {
+        let chunk: Bytes = chunk.into();
         if chunk.is_empty() {
             return None;
         }
@@ -425,7 +434,7 @@ impl BodyState {
             self.services.metrics.delivered.inc_by(events);
         }
         self.last_write = Instant::now();
-        Some(chunk.freeze())
+        Some(chunk)
     }
 
     /// After a backfill: if the outbox overflowed meanwhile, register a new
@@ -473,7 +482,14 @@ impl BodyState {
             }
             match &mut self.phase {
                 Phase::Memory(queue) => {
-                    let take = queue.len().min(BACKFILL_PAGE as usize);
+                    let mut bytes = 0;
+                    let take = queue
+                        .iter()
+                        .take_while(|e| {
+                            bytes += e.frame().len();
+                            bytes - e.frame().len() < CHUNK_BYTES
+                        })
+                        .count();
                     let events: Vec<SharedEvent> = queue.drain(..take).collect();
                     if events.is_empty() {
                         if let Err(reason) = self.leave_backfill().await {
@@ -492,7 +508,7 @@ impl BodyState {
                     let page = match self
                         .services
                         .store
-                        .events_after(self.scope, self.cursor, BACKFILL_PAGE)
+                        .events_after(self.scope, self.cursor, self.page)
                         .await
                     {
                         Ok(page) => page,
@@ -502,8 +518,13 @@ impl BodyState {
                             return None;
                         }
                     };
-                    let exhausted = page.len() < BACKFILL_PAGE as usize;
-                    let mut chunk = BytesMut::new();
+                    let exhausted = page.len() < self.page as usize;
+                    let page_bytes: usize = page.iter().map(|e| e.frame().len()).sum();
+                    let per_event = (page_bytes / page.len().max(1)).max(1);
+                    self.page = u32::try_from(CHUNK_BYTES / per_event)
+                        .unwrap_or(u32::MAX)
+                        .clamp(PAGE_RANGE.0, PAGE_RANGE.1);
+                    let mut chunk = BytesMut::with_capacity(page_bytes);
                     let mut n = 0;
                     for event in &page {
                         if event.id > self.cursor
@@ -548,12 +569,24 @@ impl BodyState {
                         self.link.reason = CloseReason::SlowConsumer;
                         return None;
                     }
-                    let mut chunk = BytesMut::new();
-                    let n = self.write_events(&mut chunk, &batch);
+                    let chunk = match batch.as_slice() {
+                        // One new event: its shared frame goes out as is.
+                        [event] if event.id > self.cursor => {
+                            self.cursor = event.id;
+                            self.finish_chunk(event.frame().clone(), 1)
+                        }
+                        events => {
+                            let mut chunk = BytesMut::with_capacity(
+                                events.iter().map(|e| e.frame().len()).sum(),
+                            );
+                            let n = self.write_events(&mut chunk, events);
+                            self.finish_chunk(chunk, n)
+                        }
+                    };
                     batch.clear();
                     self.batch = batch;
-                    if let Some(chunk) = self.finish_chunk(chunk, n) {
-                        return Some(chunk);
+                    if chunk.is_some() {
+                        return chunk;
                     }
                 }
             }

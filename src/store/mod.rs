@@ -121,6 +121,14 @@ pub trait Store: Send + Sync + 'static {
         before: Ulid,
         limit: u32,
     ) -> Result<Vec<EventHead>, StoreError>;
+    /// The id `offset` places below the newest among ids above `after`
+    /// (offset 0 = the newest), if there are that many.
+    async fn id_at_offset_desc(
+        &self,
+        scope: Scope,
+        after: Ulid,
+        offset: u64,
+    ) -> Result<Option<Ulid>, StoreError>;
     /// Newest id removed by retention in scope (the nil id when none).
     async fn pruned_through(&self, scope: Scope) -> Result<Ulid, StoreError>;
     /// Removes, per map, events older than `older_than` and all but the
@@ -417,6 +425,30 @@ macro_rules! impl_store {
                         })
                     })
                     .collect()
+            }
+
+            async fn id_at_offset_desc(
+                &self,
+                scope: $crate::store::Scope,
+                after: ulid::Ulid,
+                offset: u64,
+            ) -> Result<Option<ulid::Ulid>, $crate::store::StoreError> {
+                let query = match scope {
+                    Some(map) => {
+                        sqlx::query_scalar::<_, String>($crate::store::sql::OFFSET_DESC_IN_MAP)
+                            .bind(map.to_string())
+                    }
+                    None => sqlx::query_scalar::<_, String>($crate::store::sql::OFFSET_DESC_ANY),
+                };
+                let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+                let id = $crate::store::timed(
+                    query
+                        .bind(after.to_string())
+                        .bind(offset)
+                        .fetch_optional(&self.pool),
+                )
+                .await?;
+                id.as_deref().map($crate::store::ulid_column).transpose()
             }
 
             async fn pruned_through(

@@ -27,6 +27,11 @@ pub const HEADS_IN_MAP: &str = "SELECT id, type, source FROM events \
 pub const HEADS_ANY: &str = "SELECT id, type, source FROM events \
      WHERE id > $1 AND id < $2 ORDER BY id DESC LIMIT $3";
 
+pub const OFFSET_DESC_IN_MAP: &str =
+    "SELECT id FROM events WHERE map_id = $1 AND id > $2 ORDER BY id DESC LIMIT 1 OFFSET $3";
+pub const OFFSET_DESC_ANY: &str =
+    "SELECT id FROM events WHERE id > $1 ORDER BY id DESC LIMIT 1 OFFSET $2";
+
 pub const PRUNED_IN_MAP: &str = "SELECT pruned_through FROM maps WHERE id = $1";
 pub const PRUNED_ANY: &str = "SELECT MAX(pruned_through) FROM maps";
 
@@ -37,6 +42,3 @@ pub const CUT_BY_COUNT: &str =
 pub const DELETE_THROUGH: &str = "DELETE FROM events WHERE map_id = $1 AND id <= $2";
 pub const MARK_PRUNED: &str =
     "UPDATE maps SET pruned_through = $1 WHERE id = $2 AND pruned_through < $1";
-
-pub const INSERT_EVENT: &str =
-    "INSERT INTO events (map_id, id, type, source, payload) VALUES ($1, $2, $3, $4, $5)";

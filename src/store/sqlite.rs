@@ -8,11 +8,14 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{sql, StoreError};
+use super::StoreError;
 use crate::event::SharedEvent;
 
 /// WAL allows concurrent readers; writes serialize on the file anyway.
 const MAX_CONNECTIONS: u32 = 4;
+/// Rows per multi-row INSERT: 5 parameters each, far below SQLite's 32,766,
+/// and one statement per chunk instead of one per event.
+const INSERT_CHUNK: usize = 500;
 /// How long a writer waits for the file lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -51,18 +54,36 @@ impl SqliteStore {
 
     async fn insert_batch(&self, events: &[SharedEvent]) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        for event in events {
-            sqlx::query(sql::INSERT_EVENT)
-                .bind(event.map_id.to_string())
-                .bind(event.id.to_string())
-                .bind(&event.event_type)
-                .bind(&event.source)
-                .bind(event.payload())
-                .execute(&mut *tx)
-                .await?;
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let sql = multi_row_insert(chunk.len());
+            let mut query = sqlx::query(&sql);
+            for event in chunk {
+                query = query
+                    .bind(event.map_id.to_string())
+                    .bind(event.id.to_string())
+                    .bind(&event.event_type)
+                    .bind(&event.source)
+                    .bind(event.payload());
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await
     }
+}
+
+/// `INSERT INTO events ... VALUES (?, ?, ?, ?, ?), ...` for `rows` rows.
+fn multi_row_insert(rows: usize) -> String {
+    const HEAD: &str = "INSERT INTO events (map_id, id, type, source, payload) VALUES ";
+    const ROW: &str = "(?, ?, ?, ?, ?)";
+    let mut sql = String::with_capacity(HEAD.len() + rows * (ROW.len() + 1));
+    sql.push_str(HEAD);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(ROW);
+    }
+    sql
 }
 
 super::impl_store!(SqliteStore);
