@@ -1,11 +1,27 @@
-//! herald — an SSE event relay.
+//! herald — an SSE event relay: internal services publish events for a map,
+//! API clients hold SSE streams and get every event once, in order, across
+//! reconnects (ULID `Last-Event-ID` backfill), admins steer connections.
 //!
-//! - [`config`]: settings and their defaults.
-//! - [`error`]: the API error type and its single HTTP mapping.
+//! Module map, one job each:
+//!
+//! - [`server`]: start-up (store, directory, actors, HTTP) and graceful shutdown.
+//! - [`actors`]: `MapHub` (fan-out and hot history per map), `Persistence`
+//!   (group commit, monotonic ids), `Session` (one per stream, with its body).
+//! - [`http`]: routes and thin handlers, one file per resource.
+//! - [`state`]: the shared handle handlers receive.
+//! - [`store`]: the store trait with its PostgreSQL and SQLite implementations.
+//! - [`backfill`]: which stored events a reconnecting client gets.
 //! - [`event`]: publish-body validation, envelopes and SSE frames.
 //! - [`filter`]: `events=` / `sources=` subscription filters.
+//! - [`directory`]: maps and API keys in memory, written through to the store.
+//! - [`connections`]: open streams and exact connection limits.
+//! - [`sse_tokens`]: single-use tokens for browsers.
+//! - [`rate_limit`]: the per-IP request limit of the external endpoints.
 //! - [`auth`]: secrets — generation, hashing, constant-time checks.
-//! - [`store`]: the store trait with its PostgreSQL and SQLite implementations.
+//! - [`socket`]: the TCP socket under a stream (user timeout, forced close).
+//! - [`metrics`]: counters and Prometheus exposition.
+//! - [`config`]: settings and their defaults.
+//! - [`error`]: the API error type and its single HTTP mapping.
 
 pub mod actors;
 pub mod auth;

@@ -2,7 +2,7 @@
 //!
 //! The actor is the stream's control side: it holds the connection slot,
 //! takes `Close` from the admin API, key revocation and shutdown, and
-//! unregisters from its hub when it stops. The body ([`SessionBody`]) is the
+//! unregisters from its hub when it stops. The body (returned by [`open`]) is the
 //! data side: preamble, then backfill read from memory or the store at the
 //! client's pace, then live events from the bounded outbox, several frames
 //! per write, with keep-alive comments in silences.
