@@ -216,7 +216,7 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// SVG plot file (default: the --out file with an .svg extension, else
-    /// compare-<scenario>.svg).
+    /// `compare-<scenario>.svg`).
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
     /// Seconds of pause between runs (lets sockets and the server settle).
