@@ -181,23 +181,6 @@ pub(crate) fn limit_param(value: Option<u64>) -> Option<i64> {
     value.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
-/// Builds an [`Event`] from the stored columns.
-pub(crate) fn event_from_columns(
-    map_id: &str,
-    id: &str,
-    event_type: String,
-    source: String,
-    payload: &str,
-) -> Result<Event, StoreError> {
-    Ok(Event::new(
-        ulid_column(id)?,
-        ulid_column(map_id)?,
-        event_type,
-        source,
-        payload,
-    ))
-}
-
 /// The retention cut for one map: the newer of the age cut and the count cut.
 pub(crate) fn retention_cut(by_age: Option<String>, by_count: Option<String>) -> Option<String> {
     by_age.into_iter().chain(by_count).max()
@@ -383,13 +366,18 @@ macro_rules! impl_store {
                 .await?;
                 rows.iter()
                     .map(|row| {
-                        $crate::store::event_from_columns(
-                            row.try_get("map_id")?,
-                            row.try_get("id")?,
+                        // A map's rows leave out the map id they all share.
+                        let map_id = match scope {
+                            Some(map) => map,
+                            None => $crate::store::ulid_column(row.try_get("map_id")?)?,
+                        };
+                        Ok($crate::event::Event::new(
+                            $crate::store::ulid_column(row.try_get("id")?)?,
+                            map_id,
                             row.try_get("type")?,
                             row.try_get("source")?,
                             row.try_get("payload")?,
-                        )
+                        ))
                     })
                     .collect()
             }

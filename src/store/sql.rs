@@ -17,7 +17,7 @@ pub const UPDATE_LIMITS: &str =
 pub const NEWEST_IN_MAP: &str = "SELECT id FROM events WHERE map_id = $1 ORDER BY id DESC LIMIT 1";
 pub const NEWEST_ANY: &str = "SELECT id FROM events ORDER BY id DESC LIMIT 1";
 
-pub const AFTER_IN_MAP: &str = "SELECT map_id, id, type, source, payload FROM events \
+pub const AFTER_IN_MAP: &str = "SELECT id, type, source, payload FROM events \
      WHERE map_id = $1 AND id > $2 ORDER BY id LIMIT $3";
 pub const AFTER_ANY: &str = "SELECT map_id, id, type, source, payload FROM events \
      WHERE id > $1 ORDER BY id LIMIT $2";
