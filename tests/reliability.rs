@@ -17,6 +17,7 @@ backend_tests!(
     graceful_shutdown_ends_streams_and_keeps_events,
     a_client_that_stops_reading_frees_its_slot_without_events,
     dropped_connections_leave_no_slot_behind,
+    a_hundred_stalled_clients_keep_memory_bounded,
 );
 
 /// Opens a stream over a raw socket with a tiny receive buffer, reads the
@@ -288,5 +289,75 @@ async fn a_client_that_stops_reading_frees_its_slot_without_events(backend: Back
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    drop(stalled);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// 100 clients stop reading while 40 MB of events are published: their
+/// outboxes overflow, they are cut, and the server's memory does not grow
+/// with what they failed to read; a reading client keeps up throughout.
+async fn a_hundred_stalled_clients_keep_memory_bounded(backend: Backend) {
+    let relay = Relay::start_with(
+        backend,
+        &[
+            ("HERALD__SSE__CLIENT_BUFFER", "32"),
+            ("HERALD__SSE__KEEPALIVE_SECS", "60"),
+            ("HERALD__HISTORY__HOT_EVENTS", "16"),
+            ("HERALD__LIMITS__MAX_CONNECTIONS_PER_KEY", "200"),
+        ],
+    )
+    .await;
+    let map = relay.create_map().await;
+    let mut reader = relay.subscribe(&map.slug, &map.key, "", None).await;
+    reader.connected().await;
+    let mut stalled = Vec::new();
+    for _ in 0..100 {
+        stalled.push(stalled_subscriber(&relay, &map.slug, &map.key).await.0);
+    }
+    let before = rss_kib(relay.pid());
+    let payload = "y".repeat(40_000);
+    for _ in 0..50 {
+        let batch: Vec<_> = (0..20)
+            .map(|i| json!({"type": "big", "payload": {"i": i, "pad": payload}}))
+            .collect();
+        let published = relay.publish(&map.slug, json!(batch)).await;
+        assert_eq!(
+            ids(&reader.take(published.len()).await),
+            published,
+            "the reading client keeps up"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let stats = relay.admin_json("/api/admin/stats").await;
+        if stats["connections"] == 1 {
+            assert!(
+                stats["slow_consumer_disconnects"].as_u64() >= Some(100),
+                "{stats}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stalled clients still held: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = rss_kib(relay.pid());
+    eprintln!("server RSS with 100 stalled clients: before {before} KiB, after {after} KiB");
+    // 1,000 events of 40 KB went to 100 clients (4 GB unread): only a
+    // bounded amount of it may stay in the server.
+    assert!(
+        after < before + 64 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
     drop(stalled);
 }

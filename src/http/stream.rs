@@ -141,8 +141,9 @@ async fn open_stream(
         .admit(info, admission)
         .map_err(|exceeded| {
             log::warn!(
-                "refused conn={conn_id} map={:?} key={key_id:?}: {exceeded}",
-                map.map(|m| &m.slug)
+                "refused conn={conn_id} map={} key={}: {exceeded}",
+                map.map_or("*", |m| m.slug.as_str()),
+                key_id.map_or_else(|| "admin".to_owned(), |k| k.to_string()),
             );
             match exceeded {
                 LimitExceeded::Global => ApiError::GlobalConnectionLimit,
