@@ -30,8 +30,9 @@ pub struct Event {
     pub source: String,
     /// `id: ..\nevent: ..\ndata: <envelope>\n\n`.
     frame: Bytes,
-    /// Where the envelope JSON sits inside `frame`.
+    /// Where the envelope JSON and its payload start inside `frame`.
     envelope_start: usize,
+    payload_start: usize,
 }
 
 /// Shared handle: hubs, history and sessions pass events by reference count.
@@ -63,6 +64,7 @@ impl Event {
         frame.put_slice(b"\",\"created_at\":\"");
         frame.put_slice(created_at.as_bytes());
         frame.put_slice(b"\",\"payload\":");
+        let payload_start = frame.len();
         frame.put_slice(payload.as_bytes());
         frame.put_slice(b"}\n\n");
         Self {
@@ -72,6 +74,7 @@ impl Event {
             source,
             frame: frame.freeze(),
             envelope_start,
+            payload_start,
         }
     }
 
@@ -87,13 +90,10 @@ impl Event {
 
     /// The payload's JSON text, as stored.
     pub fn payload(&self) -> &str {
-        let envelope = self.envelope();
-        let start = envelope
-            .windows(11)
-            .position(|w| w == b",\"payload\":")
-            .map_or(envelope.len(), |p| p + 11);
-        // The envelope was built from UTF-8 pieces above.
-        std::str::from_utf8(&envelope[start..envelope.len() - 1]).unwrap_or("null")
+        // Ends before the envelope's closing `}` and the frame's `\n\n`.
+        let payload = &self.frame[self.payload_start..self.frame.len() - 3];
+        // The payload was put in from a `&str`.
+        std::str::from_utf8(payload).unwrap_or("null")
     }
 }
 

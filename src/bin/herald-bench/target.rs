@@ -429,7 +429,10 @@ impl SpawnedHerald {
         .map_err(|e| format!("write settings: {e}"))?;
         let log = dir.join("herald.log");
         let log_file = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
-        let mut child = Command::new(&options.binary)
+        // The child runs in its temp dir: resolve a relative binary path first.
+        let binary = std::fs::canonicalize(&options.binary)
+            .map_err(|e| format!("herald binary {}: {e}", options.binary.display()))?;
+        let mut child = Command::new(&binary)
             .arg("--config")
             .arg(&config)
             .arg("serve")
