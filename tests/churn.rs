@@ -18,6 +18,8 @@ use serde_json::json;
 
 struct Churn {
     clients: usize,
+    /// A client drops and resumes after one read in this many, on average.
+    reconnect_one_in: u32,
     publishers: usize,
     requests_per_publisher: usize,
     events_per_request: usize,
@@ -30,6 +32,7 @@ async fn churn_short(backend: Backend) {
         backend,
         Churn {
             clients: 16,
+            reconnect_one_in: 40,
             publishers: 3,
             requests_per_publisher: 60,
             events_per_request: 5,
@@ -41,10 +44,13 @@ async fn churn_short(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: 1,000 clients and 100,000 events (run with --ignored)"]
 async fn churn_long_postgres() {
+    // Each client still drops ~50 times; dropping more often would mostly
+    // measure how fast 1,000 lagging clients re-read what they threw away.
     run(
         Backend::Postgres,
         Churn {
             clients: 1000,
+            reconnect_one_in: 2000,
             publishers: 16,
             requests_per_publisher: 625,
             events_per_request: 10,
@@ -63,6 +69,10 @@ async fn run(backend: Backend, churn: Churn) {
                 ("HERALD__LIMITS__MAX_CONNECTIONS_PER_MAP", &clients),
                 ("HERALD__LIMITS__MAX_CONNECTIONS_PER_KEY", &clients),
                 ("HERALD__HISTORY__HOT_EVENTS", "64"),
+                // A client that lags far behind must still get everything back
+                // on reconnect: no truncation, no pruning within the run.
+                ("HERALD__HISTORY__MAX_BACKFILL", "200000"),
+                ("HERALD__HISTORY__RETENTION_COUNT", "200000"),
             ],
         )
         .await,
@@ -76,6 +86,7 @@ async fn run(backend: Backend, churn: Churn) {
         let (relay, map) = (Arc::clone(&relay), map.clone());
         // A third of the clients filter: they must see exactly the matching events.
         let query = if c % 3 == 0 { "?events=t.odd,done" } else { "" };
+        let reconnect_one_in = churn.reconnect_one_in;
         readers.push(tokio::spawn(async move {
             let delay = rand::rng().random_range(0..300);
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -101,7 +112,7 @@ async fn run(backend: Backend, churn: Churn) {
                 let (reconnect, pause) = {
                     let mut rng = rand::rng();
                     (
-                        rng.random_ratio(1, 40),
+                        rng.random_ratio(1, reconnect_one_in),
                         rng.random_range(0..50) * u64::from(rng.random_bool(0.5)),
                     )
                 };

@@ -14,9 +14,14 @@ const MAX_CONNECTIONS: u32 = 16;
 /// timeout.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Connections reserved for group commits: reads (backfills, history)
+/// can never make a publisher wait for a connection.
+const WRITER_CONNECTIONS: u32 = 2;
+
 /// The PostgreSQL-backed [`super::Store`].
 pub struct PgStore {
     pool: PgPool,
+    writer: PgPool,
 }
 
 impl PgStore {
@@ -26,12 +31,17 @@ impl PgStore {
     /// # Errors
     /// A malformed URL.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy(url)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Self { pool })
+        let lazy_pool = |connections| {
+            PgPoolOptions::new()
+                .max_connections(connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy(url)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
+        };
+        Ok(Self {
+            pool: lazy_pool(MAX_CONNECTIONS)?,
+            writer: lazy_pool(WRITER_CONNECTIONS)?,
+        })
     }
 
     async fn run_migrations(&self) -> Result<(), StoreError> {
@@ -63,7 +73,7 @@ impl PgStore {
         .bind(&types)
         .bind(&sources)
         .bind(&payloads)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

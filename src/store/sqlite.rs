@@ -19,9 +19,11 @@ const INSERT_CHUNK: usize = 500;
 /// How long a writer waits for the file lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The SQLite-backed [`super::Store`].
+/// The SQLite-backed [`super::Store`]: readers, and one writer connection
+/// of its own for group commits, so reads never delay a publisher.
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -40,9 +42,14 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer })
     }
 
     async fn run_migrations(&self) -> Result<(), StoreError> {
@@ -53,7 +60,7 @@ impl SqliteStore {
     }
 
     async fn insert_batch(&self, events: &[SharedEvent]) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for chunk in events.chunks(INSERT_CHUNK) {
             let sql = multi_row_insert(chunk.len());
             let mut query = sqlx::query(&sql);
