@@ -19,6 +19,7 @@ backend_tests!(
     too_many_missed_events_are_truncated_to_the_newest,
     pruned_gap_is_reported,
     handover_under_concurrent_publishing_loses_and_repeats_nothing,
+    long_backfill_spans_several_store_pages,
 );
 
 async fn drain_quiet(client: &mut common::SseClient) -> Vec<String> {
@@ -330,4 +331,29 @@ async fn handover_under_concurrent_publishing_loses_and_repeats_nothing(backend:
         );
         assert_eq!(seen, expected, "client starting after {start}: sequence");
     }
+}
+
+/// 3,500 events come back from the store over several pages (the next one
+/// read while the previous one is written), in order, filters applied.
+async fn long_backfill_spans_several_store_pages(backend: Backend) {
+    let mut relay = Relay::start(backend).await;
+    let map = relay.create_map().await;
+    let mut published = Vec::new();
+    for r in 0..5 {
+        let batch: Vec<_> = (0..700)
+            .map(|i| json!({"type": if i % 2 == 0 { "even" } else { "odd" }, "payload": [r, i]}))
+            .collect();
+        published.extend(relay.publish(&map.slug, json!(batch)).await);
+    }
+    relay.restart();
+    let zero = "00000000000000000000000000";
+    let mut all = relay.subscribe(&map.slug, &map.key, "", Some(zero)).await;
+    all.connected().await;
+    assert_eq!(ids(&all.take(published.len()).await), published);
+    let mut odd = relay
+        .subscribe(&map.slug, &map.key, "?events=odd", Some(zero))
+        .await;
+    odd.connected().await;
+    let expected: Vec<String> = published.iter().skip(1).step_by(2).cloned().collect();
+    assert_eq!(drain_quiet(&mut odd).await, expected);
 }

@@ -325,6 +325,7 @@ pub async fn open(
         },
         batch: Vec::new(),
         page: FIRST_PAGE,
+        prefetch: None,
     };
     // `unfold` keeps the pending chunk future inline: no allocation per write.
     Ok(futures_util::stream::unfold(
@@ -404,6 +405,36 @@ struct BodyState {
     batch: Vec<SharedEvent>,
     /// Events per backfill store query.
     page: u32,
+    /// The next backfill page, already being read.
+    prefetch: Option<Prefetch>,
+}
+
+/// A backfill page read ahead in its own task; aborted if the stream ends.
+struct Prefetch {
+    limit: u32,
+    task: tokio::task::JoinHandle<Result<Vec<crate::event::Event>, crate::store::StoreError>>,
+}
+
+impl Prefetch {
+    fn start(store: &SharedStore, scope: Scope, after: Ulid, limit: u32) -> Self {
+        let store = Arc::clone(store);
+        let task = tokio::spawn(async move { store.events_after(scope, after, limit).await });
+        Self { limit, task }
+    }
+
+    async fn page(mut self) -> Result<Vec<crate::event::Event>, crate::store::StoreError> {
+        (&mut self.task).await.unwrap_or_else(|e| {
+            Err(crate::store::StoreError::Unavailable(format!(
+                "backfill read: {e}"
+            )))
+        })
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl BodyState {
@@ -505,12 +536,17 @@ impl BodyState {
                     }
                 }
                 Phase::Store => {
-                    let page = match self
-                        .services
-                        .store
-                        .events_after(self.scope, self.cursor, self.page)
-                        .await
-                    {
+                    let (limit, page) = match self.prefetch.take() {
+                        Some(prefetch) => (prefetch.limit, prefetch.page().await),
+                        None => (
+                            self.page,
+                            self.services
+                                .store
+                                .events_after(self.scope, self.cursor, self.page)
+                                .await,
+                        ),
+                    };
+                    let page = match page {
                         Ok(page) => page,
                         Err(err) => {
                             log::warn!("conn={} backfill read failed: {err}", self.conn_id);
@@ -518,7 +554,7 @@ impl BodyState {
                             return None;
                         }
                     };
-                    let exhausted = page.len() < self.page as usize;
+                    let exhausted = page.len() < limit as usize;
                     let page_bytes: usize = page.iter().map(|e| e.frame().len()).sum();
                     let per_event = (page_bytes / page.len().max(1)).max(1);
                     self.page = u32::try_from(CHUNK_BYTES / per_event)
@@ -540,6 +576,14 @@ impl BodyState {
                             self.link.reason = reason;
                             return None;
                         }
+                    } else {
+                        // Read the next page while this one is being written.
+                        self.prefetch = Some(Prefetch::start(
+                            &self.services.store,
+                            self.scope,
+                            self.cursor,
+                            self.page,
+                        ));
                     }
                     if let Some(chunk) = self.finish_chunk(chunk, n) {
                         return Some(chunk);
