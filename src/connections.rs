@@ -50,6 +50,8 @@ pub enum LimitExceeded {
 struct Entry {
     info: Arc<ConnectionInfo>,
     closer: Option<Recipient<Close>>,
+    /// A close asked for before the session was attached; applied on attach.
+    pending_close: Option<CloseReason>,
 }
 
 #[derive(Default)]
@@ -138,6 +140,7 @@ impl ConnectionTable {
             Entry {
                 info: Arc::clone(&info),
                 closer: None,
+                pending_close: None,
             },
         );
         Ok(ConnectionGuard {
@@ -156,30 +159,39 @@ impl ConnectionTable {
 
     /// Records how to close a stream once its session runs.
     pub fn attach(&self, id: Ulid, closer: Recipient<Close>) {
-        if let Some(entry) = self.lock().entries.get_mut(&id) {
-            entry.closer = Some(closer);
+        let pending = match self.lock().entries.get_mut(&id) {
+            Some(entry) => {
+                entry.closer = Some(closer.clone());
+                entry.pending_close.take()
+            }
+            None => None,
+        };
+        if let Some(reason) = pending {
+            closer.do_send(Close { reason });
         }
     }
 
+    /// Closes the matching streams; one whose session is still starting
+    /// is closed as soon as it attaches (no revocation slips through).
     fn close_where(&self, reason: CloseReason, pred: impl Fn(&ConnectionInfo) -> bool) -> usize {
-        let closers: Vec<Recipient<Close>> = self
-            .lock()
-            .entries
-            .values()
-            .filter(|e| pred(&e.info))
-            .filter_map(|e| e.closer.clone())
-            .collect();
+        let mut matched = 0;
+        let mut closers = Vec::new();
+        for entry in self.lock().entries.values_mut().filter(|e| pred(&e.info)) {
+            matched += 1;
+            match &entry.closer {
+                Some(closer) => closers.push(closer.clone()),
+                None => entry.pending_close = Some(reason),
+            }
+        }
         for closer in &closers {
             closer.do_send(Close { reason });
         }
-        closers.len()
+        matched
     }
 
     /// Closes one stream. Returns whether it was open.
     pub fn close(&self, id: Ulid, reason: CloseReason) -> bool {
-        let exists = self.lock().entries.contains_key(&id);
-        self.close_where(reason, |info| info.id == id);
-        exists
+        self.close_where(reason, |info| info.id == id) > 0
     }
 
     /// Closes every stream opened with this key.
@@ -296,6 +308,36 @@ mod tests {
             table.admit(info(None, None), global).err(),
             Some(LimitExceeded::Global)
         );
+    }
+
+    #[actix::test]
+    async fn a_close_before_the_session_attaches_is_applied_on_attach() {
+        use actix::prelude::*;
+
+        struct Probe(std::sync::mpsc::Sender<CloseReason>);
+        impl Actor for Probe {
+            type Context = Context<Self>;
+        }
+        impl Handler<Close> for Probe {
+            type Result = ();
+            fn handle(&mut self, msg: Close, _: &mut Self::Context) {
+                let _ = self.0.send(msg.reason);
+            }
+        }
+
+        let table = Arc::new(ConnectionTable::default());
+        let key = Ulid::generate();
+        let limits = Admission {
+            max_global: 10,
+            max_per_map: None,
+            max_per_key: None,
+        };
+        let guard = table.admit(info(None, Some(key)), limits).unwrap();
+        assert_eq!(table.close_key(key), 1, "counted although not attached yet");
+        let (tx, rx) = std::sync::mpsc::channel();
+        guard.attach(Probe(tx).start().recipient());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(rx.try_recv(), Ok(CloseReason::KeyRevoked));
     }
 
     #[test]
