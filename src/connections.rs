@@ -69,7 +69,10 @@ pub struct ConnectionTable {
     inner: Mutex<Inner>,
 }
 
-/// Holds a stream's slot; dropping it frees the slot.
+/// Holds a stream's slot; dropping it frees the slot. Clones hold the same
+/// slot and the first one dropped frees it (the session and the response
+/// body each hold one, so whichever ends first frees the slot at once).
+#[derive(Clone)]
 pub struct ConnectionGuard {
     table: Arc<ConnectionTable>,
     pub info: Arc<ConnectionInfo>,

@@ -287,6 +287,7 @@ pub async fn open(
     let preamble = preamble(req.retry_ms, start, req.scope, conn_id, truncation.as_ref());
     let (stop_tx, stop_rx) = oneshot::channel();
     let info = Arc::clone(&req.guard.info);
+    let slot = req.guard.clone();
     let progress = Rc::new(BodyProgress {
         alive: Cell::new(true),
         live: Cell::new(matches!(phase, Phase::Live)),
@@ -322,6 +323,7 @@ pub async fn open(
             session,
             reason: CloseReason::ClientGone,
             progress,
+            _slot: slot,
         },
         batch: Vec::new(),
         page: FIRST_PAGE,
@@ -374,6 +376,8 @@ struct BodyLink {
     session: Addr<Session>,
     reason: CloseReason,
     progress: Rc<BodyProgress>,
+    /// The connection slot, freed the moment the body goes.
+    _slot: ConnectionGuard,
 }
 
 impl Drop for BodyLink {
