@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{envelope, Backend, Relay, SseClient, TestMap, ADMIN, PUBLISHER, WAIT};
+use common::{envelope, expect_error, Backend, Relay, SseClient, TestMap, ADMIN, PUBLISHER, WAIT};
 use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -27,42 +27,6 @@ backend_tests!(
     limits_persist_across_restart,
     limits_beyond_the_store_range_are_refused_or_kept,
 );
-
-/// Asserts that `response` is an error with this status and code, and that
-/// its body is exactly `{"error": <non-empty string>, "code": <code>}`.
-/// Returns the error sentence.
-async fn expect_error(response: reqwest::Response, status: u16, code: &str, what: &str) -> String {
-    let got = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let text = response.text().await.unwrap_or_default();
-    assert_eq!(got, status, "{what}: status (body {text:?})");
-    assert!(
-        content_type.starts_with("application/json"),
-        "{what}: content-type {content_type:?}, body {text:?}"
-    );
-    let body: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e}): {text:?}"));
-    let fields = body
-        .as_object()
-        .unwrap_or_else(|| panic!("{what}: error body is not an object: {text}"));
-    assert_eq!(fields.len(), 2, "{what}: exactly error and code: {text}");
-    assert_eq!(
-        fields.get("code"),
-        Some(&json!(code)),
-        "{what}: code in {text}"
-    );
-    let sentence = fields
-        .get("error")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("{what}: `error` is not a string: {text}"));
-    assert!(!sentence.is_empty(), "{what}: empty error sentence");
-    sentence.to_owned()
-}
 
 /// Any request with an optional Bearer token and JSON body.
 async fn send(

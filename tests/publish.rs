@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{envelope, ids, Backend, Relay, ADMIN, PUBLISHER};
+use common::{envelope, expect_error, ids, Backend, Relay, ADMIN, PUBLISHER};
 use serde_json::{json, Value};
 
 backend_tests!(
@@ -22,42 +22,6 @@ backend_tests!(
     history_filters_and_default_limit,
     history_refuses_bad_queries_and_credentials,
 );
-
-/// Asserts that `response` is an error with this status and code, and that
-/// its body is exactly `{"error": <non-empty string>, "code": <code>}`.
-/// Returns the error sentence.
-async fn expect_error(response: reqwest::Response, status: u16, code: &str, what: &str) -> String {
-    let got = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let text = response.text().await.unwrap_or_default();
-    assert_eq!(got, status, "{what}: status (body {text:?})");
-    assert!(
-        content_type.starts_with("application/json"),
-        "{what}: content-type {content_type:?}, body {text:?}"
-    );
-    let body: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e}): {text:?}"));
-    let fields = body
-        .as_object()
-        .unwrap_or_else(|| panic!("{what}: error body is not an object: {text}"));
-    assert_eq!(fields.len(), 2, "{what}: exactly error and code: {text}");
-    assert_eq!(
-        fields.get("code"),
-        Some(&json!(code)),
-        "{what}: code in {text}"
-    );
-    let sentence = fields
-        .get("error")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("{what}: `error` is not a string: {text}"));
-    assert!(!sentence.is_empty(), "{what}: empty error sentence");
-    sentence.to_owned()
-}
 
 /// `POST /api/maps/{map}/events` with a raw body (sent as JSON).
 async fn publish_raw(
