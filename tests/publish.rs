@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{envelope, expect_error, ids, Backend, Relay, ADMIN, PUBLISHER};
+use common::{envelope, expect_error, expect_ids, ids, Backend, Relay, ADMIN, PUBLISHER};
 use serde_json::{json, Value};
 
 backend_tests!(
@@ -44,16 +44,7 @@ async fn publish_raw(
 /// Publishes a raw body and asserts 201; returns the ids.
 async fn publish_raw_ok(relay: &Relay, map: &str, body: &str) -> Vec<String> {
     let response = publish_raw(relay, map, Some(PUBLISHER), body.to_owned()).await;
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    assert_eq!(status, 201, "publish {body:?} answered {status}: {text}");
-    let body: Value = serde_json::from_str(&text).expect("publish answer is JSON");
-    body["ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|v| v.as_str().expect("id").to_owned())
-        .collect()
+    expect_ids(response, &format!("publish {body:?}")).await
 }
 
 /// `GET /api/maps/{map}/events{query}`: 200, parsed and raw.

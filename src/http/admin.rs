@@ -48,19 +48,8 @@ fn ms_text(ms: i64) -> String {
     format_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// A map's effective limits (configured defaults where unset).
-fn effective_limits(state: &AppState, map: &MapRecord) -> (u64, u64) {
-    let limits = &state.settings.limits;
-    (
-        map.max_connections
-            .unwrap_or(limits.max_connections_per_map),
-        map.max_connections_per_key
-            .unwrap_or(limits.max_connections_per_key),
-    )
-}
-
 fn map_json(state: &AppState, map: &MapRecord) -> Value {
-    let (max_connections, max_connections_per_key) = effective_limits(state, map);
+    let (max_connections, max_connections_per_key) = map.effective_limits(&state.settings.limits);
     let keys: Vec<Value> = state
         .directory
         .keys_of(map.id)
@@ -225,7 +214,7 @@ pub async fn set_limits(
         .directory
         .set_limits(map.id, max_connections, max_connections_per_key)
         .await?;
-    let (max_connections, max_connections_per_key) = effective_limits(&state, &map);
+    let (max_connections, max_connections_per_key) = map.effective_limits(&state.settings.limits);
     log::info!(
         "limits map={} max_connections={max_connections} per_key={max_connections_per_key}",
         map.id
@@ -248,7 +237,8 @@ pub async fn limits(
     let maps: Vec<Value> = maps
         .iter()
         .map(|map| {
-            let (max_connections, max_connections_per_key) = effective_limits(&state, map);
+            let (max_connections, max_connections_per_key) =
+                map.effective_limits(&state.settings.limits);
             let keys: Vec<Value> = state
                 .directory
                 .keys_of(map.id)

@@ -215,33 +215,52 @@ pub fn resolve_map(state: &AppState, id_or_slug: &str) -> Result<Arc<MapRecord>,
         .ok_or(ApiError::MapNotFound)
 }
 
-/// The `token` query parameter (an SSE token), read before the query is
-/// validated: credentials are checked before input.
-pub fn query_token(req: &HttpRequest) -> Option<String> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string()).ok()?;
-    pairs
-        .into_iter()
-        .find(|(name, _)| name == "token")
-        .map(|(_, value)| value)
+/// A request's query string, decoded once and validated on demand:
+/// credentials (an SSE token may be in the query) are checked before input.
+pub struct Query(Result<Vec<(String, String)>, String>);
+
+impl Query {
+    /// Decodes the query string (errors are kept for [`Query::params`]).
+    pub fn of(req: &HttpRequest) -> Self {
+        Self(serde_urlencoded::from_str(req.query_string()).map_err(|e| e.to_string()))
+    }
+
+    /// The `token` parameter (an SSE token), even in an otherwise bad query.
+    pub fn token(&self) -> Option<&str> {
+        let pairs = self.0.as_ref().ok()?;
+        pairs
+            .iter()
+            .find(|(name, _)| name == "token")
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Name → value (the first of repeated names wins).
+    ///
+    /// # Errors
+    /// `INVALID_QUERY` for an undecodable query or too many parameters.
+    pub fn params(self) -> Result<HashMap<String, String>, ApiError> {
+        let pairs = self
+            .0
+            .map_err(|e| ApiError::InvalidQuery(format!("malformed query string: {e}")))?;
+        if pairs.len() > MAX_QUERY_PARAMS {
+            return Err(ApiError::InvalidQuery(format!(
+                "more than {MAX_QUERY_PARAMS} query parameters"
+            )));
+        }
+        let mut params = HashMap::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            params.entry(name).or_insert(value);
+        }
+        Ok(params)
+    }
 }
 
-/// The query string as name → value (the first of repeated names wins).
+/// The query string as name → value; see [`Query::params`].
 ///
 /// # Errors
 /// `INVALID_QUERY` for an undecodable query or too many parameters.
 pub fn query_params(req: &HttpRequest) -> Result<HashMap<String, String>, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
-        .map_err(|e| ApiError::InvalidQuery(format!("malformed query string: {e}")))?;
-    if pairs.len() > MAX_QUERY_PARAMS {
-        return Err(ApiError::InvalidQuery(format!(
-            "more than {MAX_QUERY_PARAMS} query parameters"
-        )));
-    }
-    let mut params = HashMap::with_capacity(pairs.len());
-    for (name, value) in pairs {
-        params.entry(name).or_insert(value);
-    }
-    Ok(params)
+    Query::of(req).params()
 }
 
 /// A `limit`/`offset` query parameter within `range`.

@@ -10,7 +10,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use ulid::Ulid;
 
-use super::{authenticate, query_params, query_token, resolve_map, Caller};
+use super::{authenticate, query_params, resolve_map, Caller, Query};
 use crate::actors::session::{self, StreamRequest, StreamServices};
 use crate::connections::{Admission, ConnectionInfo, LimitExceeded};
 use crate::error::ApiError;
@@ -28,10 +28,11 @@ pub async fn map_stream(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.rate_limiter.check(&req)?;
-    let caller = authenticate(&state, &req, query_token(&req).as_deref())?;
+    let query = Query::of(&req);
+    let caller = authenticate(&state, &req, query.token())?;
     let map = resolve_map(&state, &path)?;
     let key_id = caller.reader_of(&map)?;
-    let params = query_params(&req)?;
+    let params = query.params()?;
     open_stream(&state, &req, &params, Some(&map), key_id).await
 }
 
@@ -114,13 +115,12 @@ async fn open_stream(
         return Err(ApiError::SseDisabled);
     }
     let limits = &settings.limits;
+    let map_limits = map.map(|m| m.effective_limits(limits));
     let admission = Admission {
         max_global: limits.max_connections,
-        max_per_map: map.map(|m| m.max_connections.unwrap_or(limits.max_connections_per_map)),
-        max_per_key: key_id.and(map).map(|m| {
-            m.max_connections_per_key
-                .unwrap_or(limits.max_connections_per_key)
-        }),
+        max_per_map: map_limits.map(|(per_map, _)| per_map),
+        // The admin token counts against the map only, not against a key.
+        max_per_key: key_id.and(map_limits).map(|(_, per_key)| per_key),
     };
     let info = ConnectionInfo {
         id: Ulid::generate(),

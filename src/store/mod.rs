@@ -59,6 +59,19 @@ pub struct MapRecord {
     pub max_connections_per_key: Option<u64>,
 }
 
+impl MapRecord {
+    /// The map's limits in force: its own, else the configured defaults.
+    /// Returns `(max_connections, max_connections_per_key)`.
+    pub fn effective_limits(&self, defaults: &crate::config::LimitSettings) -> (u64, u64) {
+        (
+            self.max_connections
+                .unwrap_or(defaults.max_connections_per_map),
+            self.max_connections_per_key
+                .unwrap_or(defaults.max_connections_per_key),
+        )
+    }
+}
+
 /// An API key as stored: only its hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {

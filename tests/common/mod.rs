@@ -336,16 +336,7 @@ impl Relay {
             .send()
             .await
             .expect("publish");
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        assert_eq!(status, 201, "publish answered {status}: {text}");
-        let body: Value = serde_json::from_str(&text).expect("json");
-        body["ids"]
-            .as_array()
-            .expect("ids")
-            .iter()
-            .map(|v| v.as_str().expect("id").to_owned())
-            .collect()
+        expect_ids(response, "publish").await
     }
 
     /// Publishes `n` events of type `t.<i>` one request each; returns ids.
@@ -530,6 +521,20 @@ pub async fn expect_error(
         .unwrap_or_else(|| panic!("{what}: `error` is not a string: {text}"));
     assert!(!sentence.is_empty(), "{what}: empty error sentence");
     sentence.to_owned()
+}
+
+/// Asserts a publish answered 201 and returns its ids.
+pub async fn expect_ids(response: reqwest::Response, what: &str) -> Vec<String> {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    assert_eq!(status, 201, "{what} answered {status}: {text}");
+    let body: Value = serde_json::from_str(&text).expect("publish answer is JSON");
+    body["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_str().expect("id").to_owned())
+        .collect()
 }
 
 /// Ids of a list of events.
