@@ -12,10 +12,6 @@
 
 mod reference;
 
-use std::task::{Context, Poll, Waker};
-
-use eventsource_stream::Eventsource;
-use futures_util::stream::{self, StreamExt};
 use herald::event::{
     compact_json, format_ulid_time, parse_publish_body, parse_ulid, Event, PublishError,
     PublishLimits,
@@ -336,28 +332,6 @@ proptest! {
 
 // ------------------------------------------------------------ SSE frames
 
-/// Parses with the `eventsource-stream` crate, fed in the given chunks.
-fn eventsource(bytes: &[u8], cuts: &[usize]) -> Vec<eventsource_stream::Event> {
-    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-    cuts.extend([0, bytes.len()]);
-    cuts.sort_unstable();
-    cuts.dedup();
-    let chunks: Vec<Result<Vec<u8>, std::convert::Infallible>> = cuts
-        .windows(2)
-        .map(|w| Ok(bytes[w[0]..w[1]].to_vec()))
-        .collect();
-    let mut events = stream::iter(chunks).eventsource();
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut out = Vec::new();
-    loop {
-        match events.poll_next_unpin(&mut cx) {
-            Poll::Ready(Some(event)) => out.push(event.expect("eventsource-stream parses")),
-            Poll::Ready(None) => return out,
-            Poll::Pending => unreachable!("an in-memory stream is always ready"),
-        }
-    }
-}
-
 proptest! {
     #[test]
     fn frames_parse_back_to_the_event(
@@ -382,7 +356,7 @@ proptest! {
         prop_assert_eq!(&parsed[0].id, &id.to_string());
         prop_assert_eq!(&parsed[0].event, &event_type);
         prop_assert_eq!(parsed[0].data.as_bytes(), event.envelope());
-        let parsed = eventsource(frame, &cuts);
+        let parsed = reference::eventsource_parse(frame, &cuts).expect("eventsource-stream parses");
         prop_assert_eq!(parsed.len(), 1);
         prop_assert_eq!(&parsed[0].id, &id.to_string());
         prop_assert_eq!(&parsed[0].event, &event_type);
