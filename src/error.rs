@@ -47,6 +47,10 @@ pub enum ApiError {
     SseDisabled,
     #[error("the event store is unavailable; retry later")]
     StoreUnavailable,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the request head is too large")]
+    HeadersTooLarge,
     #[error("no such resource")]
     NotFound,
     #[error("method not allowed on this resource")]
@@ -79,6 +83,8 @@ impl ApiError {
             Self::ApiKeyConnectionLimit => "API_KEY_CONNECTION_LIMIT",
             Self::SseDisabled => "SSE_DISABLED",
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
+            Self::BadRequest(_) => "BAD_REQUEST",
+            Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Self::NotFound => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::Internal(_) => "INTERNAL_ERROR",
@@ -99,7 +105,9 @@ impl ResponseError for ApiError {
             | Self::InvalidFilter(_)
             | Self::InvalidQuery(_)
             | Self::InvalidSlug(_)
-            | Self::InvalidLimits(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidLimits(_)
+            | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MapExists => StatusCode::CONFLICT,
             Self::RateLimited { .. }

@@ -15,6 +15,7 @@
 //! - [`filter`]: `events=` / `sources=` subscription filters.
 //! - [`directory`]: maps and API keys in memory, written through to the store.
 //! - [`connections`]: open streams and exact connection limits.
+//! - [`outbox`]: the bounded queue from a hub to one stream.
 //! - [`sse_tokens`]: single-use tokens for browsers.
 //! - [`rate_limit`]: the per-IP request limit of the external endpoints.
 //! - [`auth`]: secrets — generation, hashing, constant-time checks.
@@ -34,6 +35,7 @@ pub mod event;
 pub mod filter;
 pub mod http;
 pub mod metrics;
+pub mod outbox;
 pub mod rate_limit;
 pub mod server;
 pub mod socket;

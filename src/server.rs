@@ -7,8 +7,14 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+
 use actix::Arbiter;
-use actix_web::{web, App, HttpServer};
+use actix_server::{GracefulShutdownSignal, Server};
+use actix_service::{fn_factory, fn_service, map_config, ServiceExt, ServiceFactory};
+use actix_web::dev::{AppConfig, ServiceResponse};
+use actix_web::rt::net::TcpStream;
 use ulid::Ulid;
 
 use crate::actors::hub::{HubConfig, Hubs};
@@ -16,6 +22,7 @@ use crate::actors::persistence::PersistenceHandle;
 use crate::config::Settings;
 use crate::connections::ConnectionTable;
 use crate::directory::{Directory, DirectoryError};
+use crate::http::stream_conn::{self, Front};
 use crate::metrics::Metrics;
 use crate::rate_limit::RateLimiter;
 use crate::sse_tokens::SseTokens;
@@ -25,6 +32,15 @@ use crate::store::{self, SharedStore, StoreError};
 /// Streams are ended by us on shutdown; this only bounds what remains
 /// (requests in flight) so the process exits well within 10 s.
 const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+/// Connections one worker accepts at most (streams are limited below that
+/// by `limits.max_connections`).
+const MAX_CONNECTIONS: usize = 25_000;
+/// Pending connections the kernel queues (a burst of reconnecting clients).
+const BACKLOG: u32 = 4096;
+/// How long a client may take to send a request head (actix-web's default).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing connection may take to flush (actix-web's default).
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often idle rate-limit buckets are forgotten.
 const RATE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -97,34 +113,28 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
         rate_limiter: Arc::new(RateLimiter::new(&settings.limits)),
     };
 
-    let app_state = state.clone();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(web::Data::new(app_state.clone()))
-            // A panicking handler answers 500 instead of dropping the connection.
-            .wrap(actix_web_lab::middleware::CatchPanic::default())
-            .wrap(crate::http::cors(&app_state.settings.cors.allowed_origins))
-            .wrap(actix_web::middleware::from_fn(crate::http::json_errors))
-            .configure(crate::http::configure)
-    })
-    .workers(workers)
-    .max_connections(25_000)
-    .backlog(4096)
-    // Notice vanished clients on read, not at the next keep-alive write.
-    .h1_allow_half_closed(false)
-    .on_connect(crate::socket::on_connect(Duration::from_secs(
-        settings.sse.keepalive_secs,
-    )))
-    .disable_signals()
-    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
-    .bind(settings.server.bind.as_str())?;
-    for addr in server.addrs() {
-        log::info!("herald listening on http://{addr}");
+    let user_timeout = Duration::from_secs(settings.sse.keepalive_secs);
+    let mut builder = Server::build()
+        .workers(workers)
+        .max_concurrent_connections(MAX_CONNECTIONS)
+        .backlog(BACKLOG)
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
+    let shutdown_signal = builder.graceful_shutdown_signal();
+    for addr in settings.server.bind.as_str().to_socket_addrs()? {
+        let listener = bind(addr)?;
+        let local = listener.local_addr()?;
+        let state = state.clone();
+        let shutdown_signal = shutdown_signal.clone();
+        builder = builder.listen("herald", listener, move || {
+            worker_service(state.clone(), local, shutdown_signal.clone(), user_timeout)
+        })?;
+        log::info!("herald listening on http://{local}");
         // Tests and scripts read the bound port (the bind may ask for port 0).
-        println!("herald listening on http://{addr}");
+        println!("herald listening on http://{local}");
     }
     let _ = std::io::stdout().flush();
-    let server = server.run();
+    let server = builder.run();
 
     actix_web::rt::spawn(prune_forever(Arc::clone(&store), Arc::clone(&settings)));
     actix_web::rt::spawn(sweep_rate_limits(Arc::clone(&state.rate_limiter)));
@@ -135,6 +145,64 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
     }
     log::info!("herald stopped");
     Ok(())
+}
+
+/// A listening socket with our backlog.
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)?.into_std()
+}
+
+/// One worker's connection service: stream connections take the lean path
+/// of [`stream_conn`], the others go to actix-http (configured as actix-web's
+/// `HttpServer` would, with half-closed connections treated as gone so a
+/// vanished client is noticed at once).
+fn worker_service(
+    state: AppState,
+    local: SocketAddr,
+    shutdown_signal: GracefulShutdownSignal,
+    user_timeout: Duration,
+) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = (), InitError = ()> {
+    let http = actix_http::HttpService::build()
+        .client_request_timeout(REQUEST_TIMEOUT)
+        .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+        .h1_allow_half_closed(false)
+        .local_addr(local)
+        .on_connect_ext(crate::socket::on_connect(user_timeout))
+        .graceful_shutdown_signal(move || {
+            let signal = shutdown_signal.clone();
+            async move { signal.notified().await }
+        })
+        .finish(map_config(crate::http::app(state.clone()), |()| {
+            AppConfig::default()
+        }))
+        .tcp();
+    fn_factory(move || {
+        let http = http.new_service(());
+        let app = actix_service::IntoServiceFactory::into_factory(crate::http::app(state.clone()))
+            .new_service(AppConfig::default());
+        async move {
+            let http = http.await?;
+            let app = app.await?;
+            let front = Rc::new(Front {
+                app: actix_service::boxed::service(
+                    app.map(|res: ServiceResponse<_>| res.map_into_boxed_body().into()),
+                ),
+                http: actix_service::boxed::service(http),
+                request_timeout: REQUEST_TIMEOUT,
+                user_timeout,
+            });
+            Ok(fn_service(move |io: TcpStream| {
+                stream_conn::serve(io, Rc::clone(&front))
+            }))
+        }
+    })
 }
 
 async fn stop_on_signal(state: AppState, server: actix_web::dev::ServerHandle) {

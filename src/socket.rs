@@ -6,7 +6,6 @@
 //! a stream whose client stopped reading must be closed even though actix no
 //! longer polls its body (`shutdown(2)` makes the pending write fail).
 
-use std::any::Any;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
@@ -21,34 +20,45 @@ use actix_web::rt::net::TcpStream;
 #[derive(Debug, Clone, Copy)]
 pub struct StreamSocket(RawFd);
 
-/// `HttpServer::on_connect` hook: sets the user timeout and records the fd.
-pub fn on_connect(
-    user_timeout: Duration,
-) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
+/// Sets the user timeout on a connection's socket and returns its fd.
+pub fn configure(tcp: &TcpStream, user_timeout: Duration) -> StreamSocket {
     let timeout_ms = libc::c_uint::try_from(user_timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
-    move |conn, data| {
-        if let Some(tcp) = conn.downcast_ref::<TcpStream>() {
-            let fd = tcp.as_raw_fd();
-            // SAFETY: `fd` is an open TCP socket owned by `tcp`; the option
-            // value is a valid `c_uint` of the size passed.
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_TCP,
-                    libc::TCP_USER_TIMEOUT,
-                    std::ptr::addr_of!(timeout_ms).cast(),
-                    std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                log::debug!(
-                    "TCP_USER_TIMEOUT not set: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-            data.insert(StreamSocket(fd));
-        }
+    let fd = tcp.as_raw_fd();
+    // SAFETY: `fd` is an open TCP socket owned by `tcp`; the option value is
+    // a valid `c_uint` of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            std::ptr::addr_of!(timeout_ms).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        log::debug!(
+            "TCP_USER_TIMEOUT not set: {}",
+            std::io::Error::last_os_error()
+        );
     }
+    StreamSocket(fd)
+}
+
+/// actix-http's `on_connect_ext` hook: configures the socket and records
+/// its fd in the connection data.
+pub fn on_connect(user_timeout: Duration) -> impl Fn(&TcpStream, &mut Extensions) + 'static {
+    move |tcp, data| {
+        data.insert(configure(tcp, user_timeout));
+    }
+}
+
+/// The socket of the connection a request came on: in the connection data
+/// under actix-http, in the request extensions under [`crate::http::stream_conn`].
+pub fn of_request(req: &actix_web::HttpRequest) -> Option<StreamSocket> {
+    use actix_web::HttpMessage;
+    req.conn_data::<StreamSocket>()
+        .copied()
+        .or_else(|| req.extensions().get::<StreamSocket>().copied())
 }
 
 impl StreamSocket {

@@ -13,14 +13,13 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 use ulid::Ulid;
 
 use super::session::Overflowed;
 use crate::backfill::{Planner, Truncation};
 use crate::event::SharedEvent;
 use crate::filter::Filter;
+use crate::outbox::{OutboxSender, Refused};
 use crate::store::{Scope, SharedStore};
 
 /// How long a hub without sessions lives on (keeping its hot history for
@@ -47,7 +46,7 @@ pub struct HubUnavailable;
 #[rtype(result = "Result<Subscription, HubUnavailable>")]
 pub struct Subscribe {
     pub conn_id: Ulid,
-    pub outbox: mpsc::Sender<SharedEvent>,
+    pub outbox: OutboxSender,
     pub filter: Arc<Filter>,
     /// The client's last event id; `None` starts at the newest event.
     pub after: Option<Ulid>,
@@ -86,7 +85,7 @@ pub struct Unsubscribe {
 pub struct Committed(pub Vec<SharedEvent>);
 
 struct Subscriber {
-    outbox: mpsc::Sender<SharedEvent>,
+    outbox: OutboxSender,
     filter: Arc<Filter>,
     session: Recipient<Overflowed>,
     generation: u64,
@@ -257,14 +256,14 @@ impl Handler<Committed> for MapHub {
                 }
                 match sub.outbox.try_send(Arc::clone(event)) {
                     Ok(()) => {}
-                    Err(TrySendError::Full(_)) => {
+                    Err(Refused::Full) => {
                         log::debug!("conn={conn_id} outbox full: unregistered");
                         sub.session.do_send(Overflowed {
                             generation: sub.generation,
                         });
                         return false;
                     }
-                    Err(TrySendError::Closed(_)) => return false,
+                    Err(Refused::Closed) => return false,
                 }
             }
             true

@@ -28,7 +28,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use ulid::Ulid;
 
@@ -250,7 +250,7 @@ pub async fn open(
     // about an overflow from the first event on.
     let session_ctx = Context::<Session>::new();
     let session = session_ctx.address();
-    let (outbox_tx, outbox) = mpsc::channel(req.client_buffer);
+    let (outbox_tx, outbox) = crate::outbox::channel(req.client_buffer);
     let subscription = services
         .hubs
         .subscribe(
@@ -330,13 +330,11 @@ pub async fn open(
         prefetch: None,
     };
     // `unfold` keeps the pending chunk future inline: no allocation per write.
-    Ok(futures_util::stream::unfold(
-        state,
-        |mut state| async move {
-            let chunk = state.next_chunk().await?;
-            Some((Ok(chunk), state))
-        },
-    ))
+    let body = futures_util::stream::unfold(state, |mut state| async move {
+        let chunk = state.next_chunk().await?;
+        Some((Ok(chunk), state))
+    });
+    Ok(body)
 }
 
 /// `retry:`, `connected` and, when due, `backfill_truncated`.
@@ -397,7 +395,7 @@ struct BodyState {
     scope: Scope,
     conn_id: Ulid,
     filter: Arc<Filter>,
-    outbox: mpsc::Receiver<SharedEvent>,
+    outbox: crate::outbox::Outbox,
     client_buffer: usize,
     services: StreamServices,
     stop: oneshot::Receiver<()>,
@@ -483,7 +481,7 @@ impl BodyState {
         }
         let generation = progress.generation.get() + 1;
         progress.generation.set(generation);
-        let (outbox_tx, outbox) = mpsc::channel(self.client_buffer);
+        let (outbox_tx, outbox) = crate::outbox::channel(self.client_buffer);
         self.outbox = outbox;
         let request = Subscribe {
             conn_id: self.conn_id,
@@ -527,7 +525,7 @@ impl BodyState {
                         .count();
                     let events: Vec<SharedEvent> = queue.drain(..take).collect();
                     if events.is_empty() {
-                        if let Err(reason) = self.leave_backfill().await {
+                        if let Err(reason) = Box::pin(self.leave_backfill()).await {
                             self.link.reason = reason;
                             return None;
                         }
@@ -576,7 +574,7 @@ impl BodyState {
                         self.cursor = self.cursor.max(event.id);
                     }
                     if exhausted {
-                        if let Err(reason) = self.leave_backfill().await {
+                        if let Err(reason) = Box::pin(self.leave_backfill()).await {
                             self.link.reason = reason;
                             return None;
                         }

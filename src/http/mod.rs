@@ -6,11 +6,13 @@
 //! - [`events`]: publish and history.
 //! - [`admin`]: maps, keys, limits, connections, stats.
 //! - [`ops`]: health, readiness, metrics.
+//! - [`stream_conn`]: the lean HTTP/1.1 path of connections opened for a stream.
 
 pub mod admin;
 pub mod events;
 pub mod ops;
 pub mod stream;
+pub mod stream_conn;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +37,28 @@ use crate::store::{KeyRecord, MapRecord};
 const MAX_QUERY_PARAMS: usize = 16;
 /// Largest admin request body.
 pub const MAX_ADMIN_BODY: usize = 64 << 10;
+
+/// The application: state, panic catcher, CORS, JSON errors, routes.
+pub fn app(
+    state: AppState,
+) -> actix_web::App<
+    impl actix_web::dev::ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let cors = cors(&state.settings.cors.allowed_origins);
+    actix_web::App::new()
+        .app_data(web::Data::new(state))
+        // A panicking handler answers 500 instead of dropping the connection.
+        .wrap(actix_web_lab::middleware::CatchPanic::default())
+        .wrap(cors)
+        .wrap(actix_web::middleware::from_fn(json_errors))
+        .configure(configure)
+}
 
 /// Registers every route. Unknown paths answer 404 `NOT_FOUND` and known
 /// paths with another method 405 `METHOD_NOT_ALLOWED`, both as JSON.

@@ -16,7 +16,6 @@ use crate::connections::{Admission, ConnectionInfo, LimitExceeded};
 use crate::error::ApiError;
 use crate::event::parse_ulid;
 use crate::filter::Filter;
-use crate::socket::StreamSocket;
 use crate::sse_tokens::TokenGrant;
 use crate::state::AppState;
 use crate::store::{MapRecord, Scope};
@@ -166,7 +165,7 @@ async fn open_stream(
         keepalive: Duration::from_secs(settings.sse.keepalive_secs),
         client_buffer: settings.sse.client_buffer,
         max_backfill: settings.history.max_backfill,
-        socket: req.conn_data::<StreamSocket>().copied(),
+        socket: crate::socket::of_request(req),
     };
     let body = session::open(services, request).await?;
     Ok(HttpResponse::Ok()

@@ -1,0 +1,272 @@
+//! The lean HTTP/1.1 path of connections opened for a stream
+//! (`src/http/stream_conn.rs`), spoken to over raw TCP: exact framing,
+//! HTTP/1.0, hostile heads, and the fallback to actix-http when the request
+//! line arrives in pieces.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::{Backend, Relay, WAIT};
+
+/// A raw connection to the relay.
+struct Raw {
+    tcp: TcpStream,
+    /// Bytes read and not yet consumed.
+    buf: Vec<u8>,
+}
+
+/// A parsed response head.
+struct Head {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Raw {
+    async fn connect(relay: &Relay) -> Self {
+        let addr = relay.base.trim_start_matches("http://");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        Self {
+            tcp,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).await.expect("send");
+    }
+
+    /// Reads more bytes; false at the end of the connection.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, self.tcp.read(&mut chunk))
+            .await
+            .expect("read timed out")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    async fn head(&mut self) -> Head {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(len) = response.parse(&self.buf).expect("valid head")
+            {
+                let head = Head {
+                    status: response.code.expect("status"),
+                    headers: response
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_owned(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect(),
+                };
+                self.buf.drain(..len);
+                return head;
+            }
+            assert!(self.fill().await, "connection closed before the head");
+        }
+    }
+
+    /// Reads to the end of the connection; returns the rest of the body.
+    async fn read_to_close(&mut self) -> Vec<u8> {
+        while self.fill().await {}
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Decodes chunks until the decoded body contains `needle`.
+    async fn chunked_until(&mut self, needle: &str) -> String {
+        let mut body = Vec::new();
+        loop {
+            // Take every complete chunk off the front of the buffer.
+            while let Some(line_end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let size_text = std::str::from_utf8(&self.buf[..line_end]).expect("size line");
+                let size = usize::from_str_radix(size_text, 16).expect("hex chunk size");
+                assert!(size > 0, "the stream ended while waiting for {needle}");
+                let end = line_end + 2 + size + 2;
+                if self.buf.len() < end {
+                    break;
+                }
+                assert_eq!(&self.buf[end - 2..end], b"\r\n", "chunk ends with CRLF");
+                body.extend_from_slice(&self.buf[line_end + 2..end - 2]);
+                self.buf.drain(..end);
+            }
+            let text = String::from_utf8_lossy(&body).into_owned();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(self.fill().await, "closed while waiting for {needle}");
+        }
+    }
+}
+
+fn stream_request(map: &str, key: &str, version: &str) -> Vec<u8> {
+    format!(
+        "GET /api/maps/{map}/events/stream {version}\r\nHost: test\r\nAuthorization: Bearer {key}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_stream_connection_is_chunked_and_exact() {
+    let relay = Relay::start(Backend::Sqlite).await;
+    let map = relay.create_map().await;
+    let mut raw = Raw::connect(&relay).await;
+    raw.send(&stream_request(&map.slug, &map.key, "HTTP/1.1"))
+        .await;
+    let head = raw.head().await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-type"), Some("text/event-stream"));
+    assert_eq!(head.header("cache-control"), Some("no-cache"));
+    assert_eq!(head.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(head.header("content-length"), None);
+    // Served by the lean path: the connection ends with the stream.
+    assert_eq!(head.header("connection"), Some("close"));
+    let preamble = raw.chunked_until("event: connected").await;
+    assert!(preamble.starts_with("retry: "), "{preamble}");
+
+    let ids = relay
+        .publish(&map.slug, json!({"type": "t.one", "payload": {"n": 1}}))
+        .await;
+    let body = raw.chunked_until(&format!("id: {}\n", ids[0])).await;
+    let frame_start = body.find(&format!("id: {}\n", ids[0])).expect("frame");
+    let frame = &body[frame_start..];
+    assert!(frame.starts_with(&format!("id: {}\nevent: t.one\ndata: {{", ids[0])));
+    assert!(frame.ends_with("}\n\n"), "{frame:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_stream_runs_to_the_end_of_the_connection() {
+    let relay = Relay::start(Backend::Sqlite).await;
+    let map = relay.create_map().await;
+    let mut raw = Raw::connect(&relay).await;
+    raw.send(&stream_request(&map.slug, &map.key, "HTTP/1.0"))
+        .await;
+    let head = raw.head().await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("transfer-encoding"), None);
+    assert_eq!(head.header("connection"), Some("close"));
+    let ids = relay
+        .publish(&map.slug, json!({"type": "t.one", "payload": 1}))
+        .await;
+    let wanted = format!("id: {}\nevent: t.one\n", ids[0]);
+    while !String::from_utf8_lossy(&raw.buf).contains(&wanted) {
+        assert!(raw.fill().await, "closed before the event");
+    }
+    // Unframed: the body holds SSE text only.
+    let body = String::from_utf8_lossy(&raw.buf).into_owned();
+    assert!(body.starts_with("retry: "), "{body:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_stream_answers_json_and_closes() {
+    let relay = Relay::start(Backend::Sqlite).await;
+    let map = relay.create_map().await;
+    let mut raw = Raw::connect(&relay).await;
+    raw.send(&stream_request(&map.slug, "wrong-key", "HTTP/1.1"))
+        .await;
+    let head = raw.head().await;
+    assert_eq!(head.status, 401);
+    assert_eq!(head.header("content-type"), Some("application/json"));
+    assert_eq!(head.header("www-authenticate"), Some("Bearer"));
+    let length: usize = head
+        .header("content-length")
+        .expect("content-length")
+        .parse()
+        .expect("number");
+    let body = raw.read_to_close().await;
+    assert_eq!(body.len(), length, "the connection ends after the answer");
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json body");
+    assert_eq!(json["code"], "UNAUTHORIZED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_heads_answer_json() {
+    let relay = Relay::start(Backend::Sqlite).await;
+
+    let mut raw = Raw::connect(&relay).await;
+    raw.send(b"GET /api/maps/x/events/stream HTTP/1.1\r\nBad Header\r\n\r\n")
+        .await;
+    let head = raw.head().await;
+    assert_eq!(head.status, 400);
+    let json: serde_json::Value = serde_json::from_slice(&raw.read_to_close().await).expect("json");
+    assert_eq!(json["code"], "BAD_REQUEST");
+
+    let mut raw = Raw::connect(&relay).await;
+    let huge = "a".repeat(20 << 10);
+    raw.send(
+        format!("GET /api/maps/x/events/stream HTTP/1.1\r\nHost: t\r\nX-Big: {huge}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let head = raw.head().await;
+    assert_eq!(head.status, 431);
+    let json: serde_json::Value = serde_json::from_slice(&raw.read_to_close().await).expect("json");
+    assert_eq!(json["code"], "HEADERS_TOO_LARGE");
+
+    // The relay still serves after both.
+    let health = relay
+        .http
+        .get(relay.url("/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_line_in_pieces_is_still_served() {
+    let relay = Relay::start(Backend::Sqlite).await;
+    let map = relay.create_map().await;
+    let mut raw = Raw::connect(&relay).await;
+    let request = stream_request(&map.slug, &map.key, "HTTP/1.1");
+    raw.send(&request[..6]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    raw.send(&request[6..]).await;
+    let head = raw.head().await;
+    assert_eq!(head.status, 200);
+    let ids = relay
+        .publish(&map.slug, json!({"type": "t.one", "payload": 1}))
+        .await;
+    raw.chunked_until(&format!("id: {}\n", ids[0])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_closes_frees_its_slot() {
+    let relay = Relay::start(Backend::Sqlite).await;
+    let map = relay.create_map().await;
+    let mut raw = Raw::connect(&relay).await;
+    raw.send(&stream_request(&map.slug, &map.key, "HTTP/1.1"))
+        .await;
+    assert_eq!(raw.head().await.status, 200);
+    raw.chunked_until("event: connected").await;
+    let path = format!("/api/admin/connections?map={}", map.slug);
+    assert_eq!(relay.admin_json(&path).await["total"], 1);
+    drop(raw);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while relay.admin_json(&path).await["total"] != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
