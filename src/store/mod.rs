@@ -184,6 +184,34 @@ pub(crate) fn ulid_column(text: &str) -> Result<Ulid, StoreError> {
     Ulid::from_string(text).map_err(|e| StoreError::Corrupt(format!("id `{text}`: {e}")))
 }
 
+/// The events of a page packed by `sql::SQLITE_AFTER` / `sql::POSTGRES_AFTER`.
+pub(crate) fn unpack_page(scope: Scope, packed: &str) -> Result<Vec<Event>, StoreError> {
+    if packed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let fields = if scope.is_some() { 4 } else { 5 };
+    packed
+        .split('\u{1e}')
+        .map(|record| {
+            // The payload comes last: `splitn` keeps it whole whatever it holds.
+            let mut parts = record.splitn(fields, '\u{1f}');
+            let mut next = || {
+                parts
+                    .next()
+                    .ok_or_else(|| StoreError::Corrupt(format!("short event record `{record}`")))
+            };
+            let map_id = match scope {
+                Some(map) => map,
+                None => ulid_column(next()?)?,
+            };
+            let id = ulid_column(next()?)?;
+            let event_type = next()?.to_owned();
+            let source = next()?.to_owned();
+            Ok(Event::new(id, map_id, event_type, source, next()?))
+        })
+        .collect()
+}
+
 /// Converts an optional stored limit.
 pub(crate) fn limit_column(value: Option<i64>) -> Option<u64> {
     value.and_then(|v| u64::try_from(v).ok())
@@ -363,36 +391,19 @@ macro_rules! impl_store {
                 after: ulid::Ulid,
                 limit: u32,
             ) -> Result<Vec<$crate::event::Event>, $crate::store::StoreError> {
-                use sqlx::Row as _;
+                let (in_map, any) = <$store>::PACKED_AFTER;
                 let query = match scope {
-                    Some(map) => {
-                        sqlx::query($crate::store::sql::AFTER_IN_MAP).bind(map.to_string())
-                    }
-                    None => sqlx::query($crate::store::sql::AFTER_ANY),
+                    Some(map) => sqlx::query_scalar(in_map).bind(map.to_string()),
+                    None => sqlx::query_scalar(any),
                 };
-                let rows = $crate::store::timed(
+                let packed: Option<String> = $crate::store::timed(
                     query
                         .bind(after.to_string())
                         .bind(i64::from(limit))
-                        .fetch_all(&self.pool),
+                        .fetch_one(&self.pool),
                 )
                 .await?;
-                rows.iter()
-                    .map(|row| {
-                        // A map's rows leave out the map id they all share.
-                        let map_id = match scope {
-                            Some(map) => map,
-                            None => $crate::store::ulid_column(row.try_get("map_id")?)?,
-                        };
-                        Ok($crate::event::Event::new(
-                            $crate::store::ulid_column(row.try_get("id")?)?,
-                            map_id,
-                            row.try_get("type")?,
-                            row.try_get("source")?,
-                            row.try_get("payload")?,
-                        ))
-                    })
-                    .collect()
+                $crate::store::unpack_page(scope, packed.as_deref().unwrap_or_default())
             }
 
             async fn heads_between_desc(
@@ -522,3 +533,46 @@ macro_rules! impl_store {
     };
 }
 pub(crate) use impl_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpacks_a_map_page_in_order_with_payloads_intact() {
+        let map = Ulid::from_parts(1, 1);
+        let (a, b) = (Ulid::from_parts(2, 2), Ulid::from_parts(3, 3));
+        let tricky = r#"{"s":"\u0000 \"é\" \\","n":[1.50,-0e3]}"#;
+        let packed = format!("{a}\u{1f}t.a\u{1f}\u{1f}{tricky}\u{1e}{b}\u{1f}t.b\u{1f}src\u{1f}7");
+        let events = unpack_page(Some(map), &packed).expect("unpacks");
+        assert_eq!(events.len(), 2);
+        assert_eq!((events[0].id, events[0].map_id), (a, map));
+        assert_eq!(events[0].event_type, "t.a");
+        assert_eq!(events[0].source, "");
+        assert_eq!(events[0].payload(), tricky);
+        assert_eq!((events[1].id, events[1].source.as_str()), (b, "src"));
+        assert_eq!(events[1].payload(), "7");
+    }
+
+    #[test]
+    fn unpacks_a_firehose_page_with_map_ids_and_an_empty_page() {
+        let (map, id) = (Ulid::from_parts(1, 1), Ulid::from_parts(2, 2));
+        let events = unpack_page(None, &format!("{map}\u{1f}{id}\u{1f}t\u{1f}s\u{1f}null"))
+            .expect("unpacks");
+        assert_eq!((events[0].map_id, events[0].id), (map, id));
+        assert!(unpack_page(None, "").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn a_damaged_record_is_corrupt_not_a_panic() {
+        let map = Ulid::from_parts(1, 1);
+        assert!(matches!(
+            unpack_page(Some(map), "not-a-ulid\u{1f}t\u{1f}s\u{1f}1"),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            unpack_page(Some(map), &Ulid::from_parts(2, 2).to_string()),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+}

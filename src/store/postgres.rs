@@ -25,6 +25,8 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    const PACKED_AFTER: (&'static str, &'static str) = super::sql::POSTGRES_AFTER;
+
     /// Prepares a lazy pool: nothing is dialled until the first query, so a
     /// database that comes back later is picked up by itself.
     ///

@@ -27,6 +27,8 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    const PACKED_AFTER: (&'static str, &'static str) = super::sql::SQLITE_AFTER;
+
     /// Opens (and creates when missing) the database file of `url`.
     ///
     /// # Errors
