@@ -12,8 +12,8 @@ use std::rc::Rc;
 
 use actix::Arbiter;
 use actix_server::{GracefulShutdownSignal, Server};
-use actix_service::{fn_factory, fn_service, map_config, ServiceFactory};
-use actix_web::dev::AppConfig;
+use actix_service::{fn_factory, fn_service, map_config, ServiceExt, ServiceFactory};
+use actix_web::dev::{AppConfig, ServiceResponse};
 use actix_web::rt::net::TcpStream;
 use ulid::Ulid;
 
@@ -22,7 +22,7 @@ use crate::actors::persistence::PersistenceHandle;
 use crate::config::Settings;
 use crate::connections::ConnectionTable;
 use crate::directory::{Directory, DirectoryError};
-use crate::http::stream_conn::{self, Front, StreamThreads, StreamTimeouts};
+use crate::http::stream_conn::{self, Front};
 use crate::metrics::Metrics;
 use crate::rate_limit::RateLimiter;
 use crate::sse_tokens::SseTokens;
@@ -114,15 +114,6 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
     };
 
     let user_timeout = Duration::from_secs(settings.sse.keepalive_secs);
-    let stream_arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
-    let streams = Arc::new(StreamThreads::new(
-        stream_arbiters.iter().map(Arbiter::handle).collect(),
-        state.clone(),
-        StreamTimeouts {
-            request: REQUEST_TIMEOUT,
-            user: user_timeout,
-        },
-    ));
     let mut builder = Server::build()
         .workers(workers)
         .max_concurrent_connections(MAX_CONNECTIONS)
@@ -134,16 +125,9 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
         let listener = bind(addr)?;
         let local = listener.local_addr()?;
         let state = state.clone();
-        let streams = Arc::clone(&streams);
         let shutdown_signal = shutdown_signal.clone();
         builder = builder.listen("herald", listener, move || {
-            worker_service(
-                state.clone(),
-                Arc::clone(&streams),
-                local,
-                shutdown_signal.clone(),
-                user_timeout,
-            )
+            worker_service(state.clone(), local, shutdown_signal.clone(), user_timeout)
         })?;
         log::info!("herald listening on http://{local}");
         // Tests and scripts read the bound port (the bind may ask for port 0).
@@ -156,11 +140,7 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
     actix_web::rt::spawn(sweep_rate_limits(Arc::clone(&state.rate_limiter)));
     actix_web::rt::spawn(stop_on_signal(state, server.handle()));
     server.await?;
-    // Stream connections live on their own threads: let them finish too.
-    streams
-        .drained(Duration::from_secs(SHUTDOWN_TIMEOUT_SECS))
-        .await;
-    for arbiter in stream_arbiters.into_iter().chain(hub_arbiters) {
+    for arbiter in hub_arbiters {
         arbiter.stop();
     }
     log::info!("herald stopped");
@@ -185,7 +165,6 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// vanished client is noticed at once).
 fn worker_service(
     state: AppState,
-    streams: Arc<StreamThreads>,
     local: SocketAddr,
     shutdown_signal: GracefulShutdownSignal,
     user_timeout: Duration,
@@ -200,18 +179,24 @@ fn worker_service(
             let signal = shutdown_signal.clone();
             async move { signal.notified().await }
         })
-        .finish(map_config(crate::http::app(state), |()| {
+        .finish(map_config(crate::http::app(state.clone()), |()| {
             AppConfig::default()
         }))
         .tcp();
     fn_factory(move || {
         let http = http.new_service(());
-        let streams = Arc::clone(&streams);
+        let app = actix_service::IntoServiceFactory::into_factory(crate::http::app(state.clone()))
+            .new_service(AppConfig::default());
         async move {
+            let http = http.await?;
+            let app = app.await?;
             let front = Rc::new(Front {
-                http: actix_service::boxed::service(http.await?),
-                streams,
+                app: actix_service::boxed::service(
+                    app.map(|res: ServiceResponse<_>| res.map_into_boxed_body().into()),
+                ),
+                http: actix_service::boxed::service(http),
                 request_timeout: REQUEST_TIMEOUT,
+                user_timeout,
             });
             Ok(fn_service(move |io: TcpStream| {
                 stream_conn::serve(io, Rc::clone(&front))

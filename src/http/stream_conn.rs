@@ -12,43 +12,32 @@
 //! body's bytes (one vectored write: chunk-size line, frame bytes, CRLF), so
 //! an idle stream holds no buffer at all.
 //!
-//! Stream connections are handed to threads of their own
-//! ([`StreamThreads`]): a map's fan-out wakes thousands of them at once, and
-//! on an HTTP worker every request behind them (a publish, say) would wait
-//! for all of those writes first.
-//!
 //! The connection ends with its response (`Connection: close`): a stream
 //! ends only when herald closes it, and an error answer is rare. Every other
 //! connection goes to actix-http unchanged, and so does a stream request
 //! that arrives on a kept-alive connection or whose request line is not in
 //! the first segment: both paths give the same answers.
 
-use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use actix::ArbiterHandle;
 use actix_http::body::{BodySize, BoxBody, MessageBody};
 use actix_http::error::DispatchError;
 use actix_http::header::{self, HeaderName, HeaderValue};
 use actix_http::{HttpMessage, Method, Request, Response, Uri, Version};
 use actix_service::boxed::BoxService;
-use actix_service::{IntoServiceFactory, Service, ServiceExt, ServiceFactory};
-use actix_web::dev::{AppConfig, ServiceResponse};
+use actix_service::Service;
 use actix_web::rt::net::TcpStream;
 use actix_web::ResponseError;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Longest request head accepted here.
 const MAX_HEAD_BYTES: usize = 16 << 10;
@@ -68,114 +57,16 @@ pub type AppService = BoxService<Request, Response<BoxBody>, actix_web::Error>;
 /// actix-http's HTTP/1 service over a TCP connection.
 pub type HttpService = BoxService<TcpStream, (), DispatchError>;
 
-/// The services of one HTTP worker thread.
+/// The services of one worker thread.
 pub struct Front {
-    /// Serves every connection that is not a stream's.
+    /// Answers stream requests served here.
+    pub app: AppService,
+    /// Serves every other connection.
     pub http: HttpService,
-    /// Where stream connections go.
-    pub streams: Arc<StreamThreads>,
     /// How long a client may take to send its request head.
     pub request_timeout: Duration,
-}
-
-/// Timeouts of stream connections.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamTimeouts {
-    /// How long a client may take to send its request head.
-    pub request: Duration,
     /// `TCP_USER_TIMEOUT` of stream sockets (see [`crate::socket`]).
-    pub user: Duration,
-}
-
-thread_local! {
-    /// The app of this stream thread, built on its first connection.
-    static THREAD_APP: RefCell<Option<Rc<AppService>>> = const { RefCell::new(None) };
-}
-
-/// The threads that serve stream connections, round robin.
-pub struct StreamThreads {
-    threads: Vec<ArbiterHandle>,
-    next: AtomicUsize,
-    /// Stream connections being served.
-    live: Arc<AtomicUsize>,
-    state: AppState,
-    timeouts: StreamTimeouts,
-}
-
-impl StreamThreads {
-    /// Serves stream connections on `threads`.
-    pub fn new(threads: Vec<ArbiterHandle>, state: AppState, timeouts: StreamTimeouts) -> Self {
-        Self {
-            threads,
-            next: AtomicUsize::new(0),
-            live: Arc::new(AtomicUsize::new(0)),
-            state,
-            timeouts,
-        }
-    }
-
-    fn dispatch(&self, io: std::net::TcpStream) {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len().max(1);
-        let Some(thread) = self.threads.get(i) else {
-            return;
-        };
-        let live = LiveStream::new(&self.live);
-        let state = self.state.clone();
-        let timeouts = self.timeouts;
-        // Runs on the stream thread, where the connection's task is spawned.
-        thread.spawn_fn(move || {
-            actix_web::rt::spawn(async move {
-                let _live = live;
-                let Ok(io) = TcpStream::from_std(io) else {
-                    return;
-                };
-                if let Some(app) = thread_app(state).await {
-                    serve_stream(io, &app, timeouts).await;
-                }
-            });
-        });
-    }
-
-    /// Waits until every stream connection has ended, at most `within`.
-    pub async fn drained(&self, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        while self.live.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-/// Counts one stream connection while it lives.
-struct LiveStream(Arc<AtomicUsize>);
-
-impl LiveStream {
-    fn new(live: &Arc<AtomicUsize>) -> Self {
-        live.fetch_add(1, Ordering::AcqRel);
-        Self(Arc::clone(live))
-    }
-}
-
-impl Drop for LiveStream {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// This thread's app (the same routes, middleware and state as the HTTP
-/// workers'), built on first use.
-async fn thread_app(state: AppState) -> Option<Rc<AppService>> {
-    if let Some(app) = THREAD_APP.with(|app| app.borrow().clone()) {
-        return Some(app);
-    }
-    let app = IntoServiceFactory::into_factory(crate::http::app(state))
-        .new_service(AppConfig::default())
-        .await
-        .ok()?;
-    let app = Rc::new(actix_service::boxed::service(
-        app.map(|res: ServiceResponse<_>| res.map_into_boxed_body().into()),
-    ));
-    THREAD_APP.with(|slot| *slot.borrow_mut() = Some(Rc::clone(&app)));
-    Some(app)
+    pub user_timeout: Duration,
 }
 
 /// Serves one accepted connection.
@@ -192,13 +83,7 @@ pub async fn serve(io: TcpStream, front: Rc<Front>) -> Result<(), ()> {
     ))
     .await;
     match first {
-        Ok(true) => {
-            // Off this worker's reactor, onto a stream thread's.
-            if let Ok(io) = io.into_std() {
-                front.streams.dispatch(io);
-            }
-            Ok(())
-        }
+        Ok(true) => Box::pin(serve_stream(io, front)).await,
         Ok(false) => front.http.call(io).await.map_err(|err| {
             log::trace!("connection ended: {err}");
         }),
@@ -228,23 +113,23 @@ fn is_stream_request_line(first: &[u8]) -> bool {
     path.starts_with(b"/api/") && path.ends_with(b"/events/stream")
 }
 
-async fn serve_stream(mut io: TcpStream, app: &AppService, timeouts: StreamTimeouts) {
+async fn serve_stream(mut io: TcpStream, front: Rc<Front>) -> Result<(), ()> {
     let peer = io.peer_addr().ok();
     // Boxed: the head buffer is freed before the body starts.
     let head = Box::pin(tokio::time::timeout(
-        timeouts.request,
+        front.request_timeout,
         read_request(&mut io, peer),
     ))
     .await;
     let (response, version) = match head {
         // No head in time, or the client went away: nothing to answer.
-        Err(_) | Ok(Err(HeadError::Closed)) => return,
+        Err(_) | Ok(Err(HeadError::Closed)) => return Ok(()),
         Ok(Err(HeadError::Refused(err))) => (err.error_response().into(), Version::HTTP_11),
         Ok(Ok(request)) => {
-            let fd = crate::socket::configure(&io, timeouts.user);
+            let fd = crate::socket::configure(&io, front.user_timeout);
             request.extensions_mut().insert(fd);
             let version = request.version();
-            let response = match app.call(request).await {
+            let response = match front.app.call(request).await {
                 Ok(response) => response,
                 Err(err) => err.error_response().into(),
             };
@@ -253,9 +138,10 @@ async fn serve_stream(mut io: TcpStream, app: &AppService, timeouts: StreamTimeo
     };
     if let Err(err) = write_response(&mut io, response, version).await {
         log::trace!("stream connection ended: {err}");
-        return;
+        return Ok(());
     }
     linger(&mut io).await;
+    Ok(())
 }
 
 /// Why no request could be read.
