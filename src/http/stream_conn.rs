@@ -140,7 +140,8 @@ async fn serve_stream(mut io: TcpStream, front: Rc<Front>) -> Result<(), ()> {
         log::trace!("stream connection ended: {err}");
         return Ok(());
     }
-    linger(&mut io).await;
+    // Boxed: its timer is not carried by every stream while it runs.
+    Box::pin(linger(&mut io)).await;
     Ok(())
 }
 
