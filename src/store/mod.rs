@@ -185,25 +185,21 @@ pub(crate) fn ulid_column(text: &str) -> Result<Ulid, StoreError> {
 }
 
 /// The events of a page packed by `sql::SQLITE_AFTER` / `sql::POSTGRES_AFTER`.
-pub(crate) fn unpack_page(scope: Scope, packed: &str) -> Result<Vec<Event>, StoreError> {
+pub(crate) fn unpack_page(packed: &str) -> Result<Vec<Event>, StoreError> {
     if packed.is_empty() {
         return Ok(Vec::new());
     }
-    let fields = if scope.is_some() { 4 } else { 5 };
     packed
         .split('\u{1e}')
         .map(|record| {
             // The payload comes last: `splitn` keeps it whole whatever it holds.
-            let mut parts = record.splitn(fields, '\u{1f}');
+            let mut parts = record.splitn(5, '\u{1f}');
             let mut next = || {
                 parts
                     .next()
                     .ok_or_else(|| StoreError::Corrupt(format!("short event record `{record}`")))
             };
-            let map_id = match scope {
-                Some(map) => map,
-                None => ulid_column(next()?)?,
-            };
+            let map_id = ulid_column(next()?)?;
             let id = ulid_column(next()?)?;
             let event_type = next()?.to_owned();
             let source = next()?.to_owned();
@@ -403,7 +399,7 @@ macro_rules! impl_store {
                         .fetch_one(&self.pool),
                 )
                 .await?;
-                $crate::store::unpack_page(scope, packed.as_deref().unwrap_or_default())
+                $crate::store::unpack_page(packed.as_deref().unwrap_or_default())
             }
 
             async fn heads_between_desc(
@@ -539,12 +535,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unpacks_a_map_page_in_order_with_payloads_intact() {
+    fn unpacks_a_page_in_order_with_payloads_intact() {
         let map = Ulid::from_parts(1, 1);
         let (a, b) = (Ulid::from_parts(2, 2), Ulid::from_parts(3, 3));
         let tricky = r#"{"s":"\u0000 \"é\" \\","n":[1.50,-0e3]}"#;
-        let packed = format!("{a}\u{1f}t.a\u{1f}\u{1f}{tricky}\u{1e}{b}\u{1f}t.b\u{1f}src\u{1f}7");
-        let events = unpack_page(Some(map), &packed).expect("unpacks");
+        let packed = format!(
+            "{map}\u{1f}{a}\u{1f}t.a\u{1f}\u{1f}{tricky}\u{1e}{map}\u{1f}{b}\u{1f}t.b\u{1f}src\u{1f}7"
+        );
+        let events = unpack_page(&packed).expect("unpacks");
         assert_eq!(events.len(), 2);
         assert_eq!((events[0].id, events[0].map_id), (a, map));
         assert_eq!(events[0].event_type, "t.a");
@@ -552,26 +550,18 @@ mod tests {
         assert_eq!(events[0].payload(), tricky);
         assert_eq!((events[1].id, events[1].source.as_str()), (b, "src"));
         assert_eq!(events[1].payload(), "7");
-    }
-
-    #[test]
-    fn unpacks_a_firehose_page_with_map_ids_and_an_empty_page() {
-        let (map, id) = (Ulid::from_parts(1, 1), Ulid::from_parts(2, 2));
-        let events = unpack_page(None, &format!("{map}\u{1f}{id}\u{1f}t\u{1f}s\u{1f}null"))
-            .expect("unpacks");
-        assert_eq!((events[0].map_id, events[0].id), (map, id));
-        assert!(unpack_page(None, "").expect("empty").is_empty());
+        assert!(unpack_page("").expect("empty").is_empty());
     }
 
     #[test]
     fn a_damaged_record_is_corrupt_not_a_panic() {
         let map = Ulid::from_parts(1, 1);
         assert!(matches!(
-            unpack_page(Some(map), "not-a-ulid\u{1f}t\u{1f}s\u{1f}1"),
+            unpack_page(&format!("{map}\u{1f}not-a-ulid\u{1f}t\u{1f}s\u{1f}1")),
             Err(StoreError::Corrupt(_))
         ));
         assert!(matches!(
-            unpack_page(Some(map), &Ulid::from_parts(2, 2).to_string()),
+            unpack_page(&format!("{map}\u{1f}{}", Ulid::from_parts(2, 2))),
             Err(StoreError::Corrupt(_))
         ));
     }

@@ -20,53 +20,47 @@ pub const NEWEST_ANY: &str = "SELECT id FROM events ORDER BY id DESC LIMIT 1";
 /// A page of events read for a backfill, packed into one text value (one
 /// row, not one per event: sqlx's SQLite driver moves every row between
 /// threads with each value copied, which was most of a backfill's time).
-/// Records are separated by U+001E and fields by U+001F: neither can occur
-/// in an id, a type or source (`[A-Za-z0-9_.:-]`) or in JSON text, which
-/// has no raw control characters. `AGG` is the backend's ordered string
-/// aggregate; see `super::unpack_page` for the reading side.
+/// Each record is `map_id, id, type, source, payload`, separated by U+001F;
+/// records are separated by U+001E. Neither can occur in an id, a type or
+/// source (`[A-Za-z0-9_.:-]`) or in JSON text, which has no raw control
+/// characters. `$agg` is the backend's ordered string aggregate, `$chr` its
+/// code-to-character function; see `super::unpack_page` for the reading side.
 macro_rules! packed_page {
-    ($agg:literal, $chr:literal) => {
-        (
-            concat!(
-                "SELECT ",
-                $agg,
-                "(id || ",
-                $chr,
-                "(31) || type || ",
-                $chr,
-                "(31) || source || ",
-                $chr,
-                "(31) || payload, ",
-                $chr,
-                "(30) ORDER BY id) FROM (SELECT id, type, ",
-                "source, payload FROM events WHERE map_id = $1 AND id > $2 ORDER BY id ",
-                "LIMIT $3) AS page"
-            ),
-            concat!(
-                "SELECT ",
-                $agg,
-                "(map_id || ",
-                $chr,
-                "(31) || id || ",
-                $chr,
-                "(31) || type || ",
-                $chr,
-                "(31) || source || ",
-                $chr,
-                "(31) || payload, ",
-                $chr,
-                "(30) ORDER BY id) FROM (SELECT map_id, id, type, source, payload FROM events ",
-                "WHERE id > $1 ORDER BY id LIMIT $2) AS page"
-            ),
+    ($agg:literal, $chr:literal, $filter:literal, $limit:literal) => {
+        concat!(
+            "SELECT ",
+            $agg,
+            "(map_id || ",
+            $chr,
+            "(31) || id || ",
+            $chr,
+            "(31) || type || ",
+            $chr,
+            "(31) || source || ",
+            $chr,
+            "(31) || payload, ",
+            $chr,
+            "(30) ORDER BY id) ",
+            "FROM (SELECT map_id, id, type, source, payload FROM events WHERE ",
+            $filter,
+            " ORDER BY id LIMIT ",
+            $limit,
+            ") AS page"
         )
     };
 }
 
 /// Packed pages (in one map, across maps) on SQLite (`group_concat` takes
 /// `ORDER BY` since 3.44; the bundled library is 3.46).
-pub const SQLITE_AFTER: (&str, &str) = packed_page!("group_concat", "char");
+pub const SQLITE_AFTER: (&str, &str) = (
+    packed_page!("group_concat", "char", "map_id = $1 AND id > $2", "$3"),
+    packed_page!("group_concat", "char", "id > $1", "$2"),
+);
 /// Packed pages on PostgreSQL.
-pub const POSTGRES_AFTER: (&str, &str) = packed_page!("string_agg", "chr");
+pub const POSTGRES_AFTER: (&str, &str) = (
+    packed_page!("string_agg", "chr", "map_id = $1 AND id > $2", "$3"),
+    packed_page!("string_agg", "chr", "id > $1", "$2"),
+);
 
 pub const HEADS_IN_MAP: &str = "SELECT id, type, source FROM events \
      WHERE map_id = $1 AND id > $2 AND id < $3 ORDER BY id DESC LIMIT $4";
