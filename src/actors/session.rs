@@ -14,7 +14,8 @@
 //! Last-Event-ID backfills what it missed. Either way nothing is lost and no
 //! memory grows without bound. The hub tells the session about the overflow
 //! too: a client that stopped reading altogether no longer has its body
-//! polled by actix, so the session shuts the socket down itself.
+//! polled (its write never completes), so the session shuts the socket down
+//! itself.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -330,11 +331,13 @@ pub async fn open(
         prefetch: None,
     };
     // `unfold` keeps the pending chunk future inline: no allocation per write.
-    let body = futures_util::stream::unfold(state, |mut state| async move {
-        let chunk = state.next_chunk().await?;
-        Some((Ok(chunk), state))
-    });
-    Ok(body)
+    Ok(futures_util::stream::unfold(
+        state,
+        |mut state| async move {
+            let chunk = state.next_chunk().await?;
+            Some((Ok(chunk), state))
+        },
+    ))
 }
 
 /// `retry:`, `connected` and, when due, `backfill_truncated`.
@@ -525,6 +528,8 @@ impl BodyState {
                         .count();
                     let events: Vec<SharedEvent> = queue.drain(..take).collect();
                     if events.is_empty() {
+                        // Boxed (here and below): inline, this rare path's
+                        // state would double every idle stream's body.
                         if let Err(reason) = Box::pin(self.leave_backfill()).await {
                             self.link.reason = reason;
                             return None;
