@@ -1,10 +1,10 @@
-//! The TCP socket under a stream. Two things need it that actix does not
-//! offer: a vanished peer must be noticed within `2 × sse.keepalive_secs`
+//! The TCP socket under a stream. Two things need it that the HTTP layers
+//! (actix-http, or `http::stream_conn`) do not offer: a vanished peer must be noticed within `2 × sse.keepalive_secs`
 //! (`TCP_USER_TIMEOUT` of one keep-alive period: a keep-alive written at the
 //! latest one period into a silence and not acknowledged one period later
 //! fails the connection; so does a client whose window stays shut), and
-//! a stream whose client stopped reading must be closed even though actix no
-//! longer polls its body (`shutdown(2)` makes the pending write fail).
+//! a stream whose client stopped reading must be closed even though its
+//! body is no longer polled (`shutdown(2)` makes the pending write fail).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
@@ -62,8 +62,8 @@ pub fn of_request(req: &actix_web::HttpRequest) -> Option<StreamSocket> {
 }
 
 impl StreamSocket {
-    /// Shuts the connection down in both directions: actix's pending write
-    /// fails and it drops the connection.
+    /// Shuts the connection down in both directions: the pending write
+    /// fails and the connection is dropped.
     pub fn shutdown(self) {
         // SAFETY: see the type's contract — the caller guarantees the fd
         // still belongs to this connection.

@@ -70,19 +70,7 @@ pub struct SubResult {
     pub closed: bool,
 }
 
-/// What one client thread reports.
-pub struct ShardReport {
-    pub latency: Histogram<u64>,
-    pub connect: Histogram<u64>,
-    pub subs: Vec<SubResult>,
-    pub other_events: u64,
-    pub comments: u64,
-    pub last_delivery: Option<Instant>,
-    pub errors: Vec<String>,
-    pub error_count: u64,
-}
-
-/// Everything merged.
+/// What the subscribers saw: one client thread's, or every thread's merged.
 pub struct CrowdReport {
     pub latency: Histogram<u64>,
     pub connect: Histogram<u64>,
@@ -95,6 +83,32 @@ pub struct CrowdReport {
 }
 
 impl CrowdReport {
+    fn empty(subscribers: usize) -> Self {
+        Self {
+            latency: new_histogram(),
+            connect: new_histogram(),
+            subs: Vec::with_capacity(subscribers),
+            other_events: 0,
+            comments: 0,
+            last_delivery: None,
+            errors: Vec::new(),
+            error_count: 0,
+        }
+    }
+
+    /// Adds one client thread's report (keeping the first 10 error texts).
+    fn absorb(&mut self, other: Self) {
+        merge(&mut self.latency, &other.latency);
+        merge(&mut self.connect, &other.connect);
+        self.subs.extend(other.subs);
+        self.other_events += other.other_events;
+        self.comments += other.comments;
+        self.last_delivery = self.last_delivery.max(other.last_delivery);
+        self.error_count += other.error_count;
+        let room = 10usize.saturating_sub(self.errors.len());
+        self.errors.extend(other.errors.into_iter().take(room));
+    }
+
     /// Events missing at the subscribers that opened: skipped in the
     /// sequence, or never received up to `published[p]`.
     pub fn lost(&self, published: &[u64]) -> u64 {
@@ -143,7 +157,7 @@ pub struct Crowd {
     pub progress: Arc<Progress>,
     pub size: usize,
     stops: Vec<oneshot::Sender<()>>,
-    reports: Vec<oneshot::Receiver<ShardReport>>,
+    reports: Vec<oneshot::Receiver<CrowdReport>>,
 }
 
 impl Crowd {
@@ -195,32 +209,13 @@ impl Crowd {
         for stop in self.stops {
             let _ = stop.send(());
         }
-        let mut merged = CrowdReport {
-            latency: new_histogram(),
-            connect: new_histogram(),
-            subs: Vec::with_capacity(self.size),
-            other_events: 0,
-            comments: 0,
-            last_delivery: None,
-            errors: Vec::new(),
-            error_count: 0,
-        };
+        let mut merged = CrowdReport::empty(self.size);
         for report in self.reports {
-            let Ok(report) = report.await else {
-                merged.errors.push("a client thread died".to_owned());
-                merged.error_count += 1;
-                continue;
-            };
-            merge(&mut merged.latency, &report.latency);
-            merge(&mut merged.connect, &report.connect);
-            merged.subs.extend(report.subs);
-            merged.other_events += report.other_events;
-            merged.comments += report.comments;
-            merged.last_delivery = merged.last_delivery.max(report.last_delivery);
-            merged.error_count += report.error_count;
-            for e in report.errors {
-                if merged.errors.len() < 10 {
-                    merged.errors.push(e);
+            match report.await {
+                Ok(report) => merged.absorb(report),
+                Err(_) => {
+                    merged.errors.push("a client thread died".to_owned());
+                    merged.error_count += 1;
                 }
             }
         }
@@ -264,7 +259,7 @@ async fn run_shard(
     count: usize,
     concurrency: usize,
     stop: oneshot::Receiver<()>,
-) -> ShardReport {
+) -> CrowdReport {
     let publishers = config.publishers;
     let shared = Rc::new(Shared {
         config,
@@ -305,7 +300,7 @@ async fn run_shard(
     let latency = shared.latency.borrow().clone();
     let connect = shared.connect.borrow().clone();
     let errors = shared.errors.borrow().clone();
-    ShardReport {
+    CrowdReport {
         latency,
         connect,
         subs,
