@@ -189,7 +189,7 @@ pub(crate) fn unpack_page(packed: &str) -> Result<Vec<Event>, StoreError> {
     if packed.is_empty() {
         return Ok(Vec::new());
     }
-    packed
+    let mut events = packed
         .split('\u{1e}')
         .map(|record| {
             // The payload comes last: `splitn` keeps it whole whatever it holds.
@@ -205,7 +205,11 @@ pub(crate) fn unpack_page(packed: &str) -> Result<Vec<Event>, StoreError> {
             let source = next()?.to_owned();
             Ok(Event::new(id, map_id, event_type, source, next()?))
         })
-        .collect()
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    if !events.is_sorted_by_key(|e| e.id) {
+        events.sort_unstable_by_key(|e| e.id);
+    }
+    Ok(events)
 }
 
 /// Converts an optional stored limit.
@@ -551,6 +555,24 @@ mod tests {
         assert_eq!((events[1].id, events[1].source.as_str()), (b, "src"));
         assert_eq!(events[1].payload(), "7");
         assert!(unpack_page("").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn records_aggregated_out_of_order_come_back_in_id_order() {
+        let map = Ulid::from_parts(1, 1);
+        let ids = [
+            Ulid::from_parts(5, 0),
+            Ulid::from_parts(3, 0),
+            Ulid::from_parts(4, 0),
+        ];
+        let packed = ids
+            .iter()
+            .map(|id| format!("{map}\u{1f}{id}\u{1f}t\u{1f}s\u{1f}{{}}"))
+            .collect::<Vec<_>>()
+            .join("\u{1e}");
+        let events = unpack_page(&packed).expect("unpacks");
+        let got: Vec<Ulid> = events.iter().map(|e| e.id).collect();
+        assert_eq!(got, [ids[1], ids[2], ids[0]]);
     }
 
     #[test]
