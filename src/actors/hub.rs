@@ -79,10 +79,39 @@ pub struct Unsubscribe {
     pub conn_id: Ulid,
 }
 
-/// Events just committed, in commit order.
+/// Events just committed, in commit order. The token is shared by every
+/// hub's part of one commit.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Committed(pub Vec<SharedEvent>);
+pub struct Committed {
+    events: Vec<SharedEvent>,
+    _taken: Arc<WhenTaken>,
+}
+
+/// Frame bytes of committed events handed to hubs and not yet handled,
+/// beyond which a publisher is answered only once its own events are taken:
+/// below it, commits and fan-out overlap (several events per write); above
+/// it, a hub whose fan-out lags holds its publishers back instead of letting
+/// its mailbox grow without bound.
+const MAX_UNTAKEN_BYTES: usize = 16 << 20;
+
+/// Shared by every hub's part of one commit; dropped when the last hub has
+/// handled (or dropped) its part.
+struct WhenTaken {
+    untaken: Arc<AtomicUsize>,
+    bytes: usize,
+    /// The publishers' answer, when it had to wait for this.
+    answer: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Drop for WhenTaken {
+    fn drop(&mut self) {
+        self.untaken.fetch_sub(self.bytes, Ordering::Relaxed);
+        if let Some(answer) = self.answer.take() {
+            answer();
+        }
+    }
+}
 
 struct Subscriber {
     outbox: OutboxSender,
@@ -240,8 +269,8 @@ impl Handler<Committed> for MapHub {
         // Events at or below the head were committed before the head was
         // read: subscribers got them from the store already.
         let fresh: Vec<SharedEvent> = match self.head {
-            Some(head) => msg.0.into_iter().filter(|e| e.id > head).collect(),
-            None => msg.0,
+            Some(head) => msg.events.into_iter().filter(|e| e.id > head).collect(),
+            None => msg.events,
         };
         let Some(last) = fresh.last() else { return };
         self.head = Some(last.id);
@@ -283,6 +312,8 @@ pub struct Registry {
     next_arbiter: AtomicUsize,
     store: SharedStore,
     config: HubConfig,
+    /// See [`MAX_UNTAKEN_BYTES`].
+    untaken: Arc<AtomicUsize>,
 }
 
 impl Registry {
@@ -308,6 +339,7 @@ impl Hubs {
             next_arbiter: AtomicUsize::new(0),
             store,
             config,
+            untaken: Arc::default(),
         }))
     }
 
@@ -395,8 +427,23 @@ impl Hubs {
     }
 
     /// Hands a committed batch to the running hubs of its maps and to the
-    /// firehose. Maps without a running hub have no subscriber to serve.
-    pub fn deliver(&self, batch: &[SharedEvent]) {
+    /// firehose (maps without a hub have no subscriber to serve), then calls
+    /// `answer`: at once, or once the hubs have handled the batch if more
+    /// than [`MAX_UNTAKEN_BYTES`] wait for them.
+    pub fn deliver(&self, batch: &[SharedEvent], answer: impl FnOnce() + Send + Sync + 'static) {
+        let bytes = batch.iter().map(|e| e.frame().len()).sum();
+        let lagging =
+            self.0.untaken.fetch_add(bytes, Ordering::Relaxed) + bytes > MAX_UNTAKEN_BYTES;
+        let (answer_now, answer_later) = if lagging {
+            (None, Some(answer))
+        } else {
+            (Some(answer), None)
+        };
+        let token = Arc::new(WhenTaken {
+            untaken: Arc::clone(&self.0.untaken),
+            bytes,
+            answer: answer_later.map(|a| Box::new(a) as _),
+        });
         let mut by_map: HashMap<Ulid, Vec<SharedEvent>> = HashMap::new();
         for event in batch {
             by_map
@@ -416,7 +463,10 @@ impl Hubs {
                 .collect()
         };
         for (hub, events) in targets {
-            hub.do_send(Committed(events));
+            hub.do_send(Committed {
+                events,
+                _taken: Arc::clone(&token),
+            });
         }
         let firehose = self
             .0
@@ -425,7 +475,13 @@ impl Hubs {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         if let Some(firehose) = firehose {
-            firehose.do_send(Committed(batch.to_vec()));
+            firehose.do_send(Committed {
+                events: batch.to_vec(),
+                _taken: token,
+            });
+        }
+        if let Some(answer) = answer_now {
+            answer();
         }
     }
 
@@ -436,5 +492,58 @@ impl Hubs {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+
+    #[actix::test]
+    async fn publishers_wait_for_the_hub_only_when_it_lags() {
+        let store = crate::store::open("sqlite::memory:").await.expect("store");
+        let config = HubConfig {
+            hot_events: 10,
+            max_backfill: 10,
+        };
+        let hubs = Hubs::new(store, config, Vec::new());
+        let map = Ulid::generate();
+        let event = |payload: &str| {
+            Arc::new(Event::new(
+                Ulid::generate(),
+                map,
+                "t".into(),
+                String::new(),
+                payload,
+            ))
+        };
+        let answered_at_once = |batch: &[SharedEvent]| {
+            let (answered, answer) = std::sync::mpsc::channel();
+            hubs.deliver(batch, move || answered.send(()).unwrap());
+            answer.try_recv().is_ok()
+        };
+        let huge = format!("\"{}\"", "x".repeat(MAX_UNTAKEN_BYTES));
+
+        assert!(
+            answered_at_once(&[event(&huge)]),
+            "no hub runs: nothing waits"
+        );
+
+        // The hub runs on this thread: it handles nothing before we yield.
+        let _ = hubs.hub(Some(map));
+        assert!(answered_at_once(&[event("1")]), "within the budget");
+        let (answered, answer) = tokio::sync::oneshot::channel();
+        hubs.deliver(&[event(&huge)], move || answered.send(()).unwrap());
+        let mut answer = std::pin::pin!(answer);
+        assert!(
+            futures_util::poll!(answer.as_mut()).is_pending(),
+            "over the budget: answered before the hub took the events"
+        );
+        tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("answered once the hub took them")
+            .expect("answer sent");
+        assert_eq!(hubs.0.untaken.load(Ordering::Relaxed), 0, "all taken");
     }
 }

@@ -1,8 +1,10 @@
 //! `Persistence`: the group-commit actor. Publishes queue up while a commit
 //! runs and go together into the next one; ids come from one monotonic ULID
 //! generator as each batch is formed, so id order is commit order. A
-//! publisher is answered only after its batch committed, and the events
-//! reach the hubs before the answer leaves.
+//! publisher is answered only after its batch committed and reached the
+//! hubs; while hubs lag behind (see `hub::MAX_UNTAKEN_BYTES`), only after
+//! the hubs have taken it, so a fan-out that lags slows its publishers down
+//! instead of queueing events in memory.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -109,10 +111,11 @@ impl Persistence {
                                 .observe(started.elapsed().as_secs_f64());
                             this.metrics.store_batches.inc();
                             this.metrics.published.inc_by(committed.len() as u64);
-                            this.hubs.deliver(&committed);
-                            for (ids, reply) in publishes {
-                                let _ = reply.send(Ok(ids));
-                            }
+                            this.hubs.deliver(&committed, move || {
+                                for (ids, reply) in publishes {
+                                    let _ = reply.send(Ok(ids));
+                                }
+                            });
                         }
                         Err(err) => {
                             this.metrics.store_failures.inc();
