@@ -23,7 +23,7 @@ use std::io::{self, IoSlice, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use actix_http::body::{BodySize, BoxBody, MessageBody};
@@ -263,6 +263,14 @@ fn drive(
         if client_gone(io, cx) {
             return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
         }
+        if !out.head.is_empty() && out.data.is_empty() && !*body_done {
+            // The first chunk (a stream's preamble) is usually ready: it
+            // goes out with the head, one segment and one wakeup of the
+            // client instead of two.
+            if let Poll::Ready(Err(err)) = pull(body, out, body_done, framing, cx) {
+                return Poll::Ready(Err(err));
+            }
+        }
         if !out.is_empty() {
             let slices = out.slices();
             match Pin::new(&mut *io).poll_write_vectored(cx, &slices) {
@@ -278,20 +286,29 @@ fn drive(
         if *body_done {
             return Poll::Ready(Ok(()));
         }
-        match Pin::new(&mut *body).poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => out.set_chunk(chunk, framing),
-            Poll::Ready(Some(Err(err))) => {
-                return Poll::Ready(Err(io::Error::other(err.to_string())))
+        ready!(pull(body, out, body_done, framing, cx))?;
+    }
+}
+
+/// Takes the body's next chunk into `out`, or marks the body done.
+fn pull(
+    body: &mut BoxBody,
+    out: &mut Outgoing,
+    body_done: &mut bool,
+    framing: Framing,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    match ready!(Pin::new(&mut *body).poll_next(cx)) {
+        Some(Ok(chunk)) => out.set_chunk(chunk, framing),
+        Some(Err(err)) => return Poll::Ready(Err(io::Error::other(err.to_string()))),
+        None => {
+            *body_done = true;
+            if framing == Framing::Chunked {
+                out.tail = b"0\r\n\r\n";
             }
-            Poll::Ready(None) => {
-                *body_done = true;
-                if framing == Framing::Chunked {
-                    out.tail = b"0\r\n\r\n";
-                }
-            }
-            Poll::Pending => return Poll::Pending,
         }
     }
+    Poll::Ready(Ok(()))
 }
 
 /// Whether the client closed or reset its side. Bytes it sends after its
