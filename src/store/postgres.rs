@@ -1,9 +1,8 @@
 //! PostgreSQL store (production): a pool with bounded waits, batch inserts
 //! with `UNNEST` (one statement per group commit).
 
-use std::time::Duration;
-
 use std::str::FromStr;
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
