@@ -71,11 +71,14 @@ pub async fn open_store(settings: &Settings) -> Result<SharedStore, StoreError> 
 /// The store cannot be opened, seeding fails, or the address cannot be bound.
 pub async fn serve(settings: Settings) -> Result<(), StartError> {
     let settings = Arc::new(settings);
-    let store = open_store(&settings).await?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let store: SharedStore = Arc::new(
+        store::offload::Offloaded::start(open_store(&settings).await?, threads)
+            .map_err(|e| StoreError::Unavailable(format!("store threads: {e}")))?,
+    );
     let directory = Arc::new(Directory::load(Arc::clone(&store)).await?);
     directory.seed(&settings.maps).await?;
 
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let workers = if settings.server.workers == 0 {
         threads
     } else {

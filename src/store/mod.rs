@@ -1,8 +1,10 @@
 //! The event store: one trait, two implementations — PostgreSQL for
 //! production ([`postgres`]) and SQLite as the embedded default ([`sqlite`]).
 //! Both speak the same SQL ([`sql`]); only connecting, migrating and the
-//! batch insert differ.
+//! batch insert differ. The server runs store calls on threads of their own
+//! ([`offload`]).
 
+pub mod offload;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;
