@@ -394,14 +394,25 @@ impl SpawnedHerald {
     pub async fn start(options: &SpawnOptions, timeout: Duration) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(unique_name("herald-bench"));
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
-        let mut pg_schema = None;
+        // From here on, dropping `spawned` (on any error below) removes the
+        // temp dir, the schema and the process again.
+        let log = dir.join("herald.log");
+        let mut spawned = Self {
+            child: None,
+            endpoint: Endpoint::parse("http://127.0.0.1:1")?,
+            pid: 0,
+            log: log.clone(),
+            dir: dir.clone(),
+            database: String::new(),
+            pg_schema: None,
+        };
         let database = match &options.database_url {
             None => format!("sqlite://{}", dir.join("herald.db").display()),
             Some(url) if url.starts_with("postgres") => {
                 check_database_url(url)?;
                 let schema = unique_name("bench").replace('-', "_");
                 create_pg_schema(url, &schema).await?;
-                pg_schema = Some((url.clone(), schema.clone()));
+                spawned.pg_schema = Some((url.clone(), schema.clone()));
                 let sep = if url.contains('?') { '&' } else { '?' };
                 format!("{url}{sep}options[search_path]={schema}")
             }
@@ -410,6 +421,7 @@ impl SpawnedHerald {
                 url.clone()
             }
         };
+        spawned.database.clone_from(&database);
         let config = dir.join("settings.toml");
         let workers = options
             .workers
@@ -427,7 +439,6 @@ impl SpawnedHerald {
             ),
         )
         .map_err(|e| format!("write settings: {e}"))?;
-        let log = dir.join("herald.log");
         let log_file = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
         // The child runs in its temp dir: resolve a relative binary path first.
         let binary = std::fs::canonicalize(&options.binary)
@@ -444,8 +455,10 @@ impl SpawnedHerald {
             .stderr(log_file)
             .spawn()
             .map_err(|e| format!("start {}: {e}", options.binary.display()))?;
-        let pid = child.id();
-        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let stdout = child.stdout.take();
+        spawned.pid = child.id();
+        spawned.child = Some(child);
+        let stdout = stdout.ok_or("no stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -454,15 +467,6 @@ impl SpawnedHerald {
                 }
             }
         });
-        let mut spawned = Self {
-            child: Some(child),
-            endpoint: Endpoint::parse("http://127.0.0.1:1")?,
-            pid,
-            log: log.clone(),
-            dir,
-            database,
-            pg_schema,
-        };
         let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(timeout))
             .await
             .map_err(|e| e.to_string())?
