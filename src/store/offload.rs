@@ -11,6 +11,7 @@
 //! a pool of its own already, and a hop would only add to ack latency.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::runtime::Handle;
@@ -53,12 +54,14 @@ impl Offloaded {
         })
     }
 
+    /// Runs `call` on the store runtime; a call that panicked or was cut
+    /// short by shutdown counts as unavailable.
     async fn run<T, F>(&self, call: impl FnOnce(SharedStore) -> F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        let task = self.runtime.spawn(call(std::sync::Arc::clone(&self.inner)));
+        let task = self.runtime.spawn(call(Arc::clone(&self.inner)));
         task.await
             .map_err(|e| StoreError::Unavailable(format!("store task: {e}")))?
     }
