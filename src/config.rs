@@ -26,6 +26,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub cors: CorsSettings,
     pub publish: PublishSettings,
+    pub cluster: ClusterSettings,
     /// Maps created (with their key) at start when missing.
     pub maps: Vec<SeedMap>,
 }
@@ -186,6 +187,29 @@ impl Default for PublishSettings {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node's name in admin views and logs; empty: host name and port.
+    pub node_name: String,
+    /// How often a node says it is alive: well below the timeout, so one
+    /// late heartbeat never makes a node count as dead.
+    pub heartbeat_secs: u64,
+    /// Silence after which a node counts as dead and its slots are freed:
+    /// five heartbeats, so a busy database does not make live nodes "die".
+    pub node_timeout_secs: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            node_name: String::new(),
+            heartbeat_secs: 2,
+            node_timeout_secs: 10,
+        }
+    }
+}
+
 /// A map seeded from `[[maps]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -270,6 +294,14 @@ impl Settings {
                 "sse.keepalive_secs must be at least 1".into(),
             ));
         }
+        if self.cluster.heartbeat_secs == 0
+            || self.cluster.node_timeout_secs <= self.cluster.heartbeat_secs
+        {
+            return Err(ConfigError::Invalid(
+                "cluster.heartbeat_secs must be at least 1 and below cluster.node_timeout_secs"
+                    .into(),
+            ));
+        }
         if self.auth.admin_token.is_empty() {
             return Err(ConfigError::Invalid(
                 "auth.admin_token must not be empty".into(),
@@ -309,6 +341,9 @@ mod tests {
         assert_eq!(s.limits.rate_per_minute, 60);
         assert_eq!(s.publish.max_body_bytes, 1_048_576);
         assert_eq!(s.cors.allowed_origins, vec!["*"]);
+        assert_eq!(s.cluster.heartbeat_secs, 2);
+        assert_eq!(s.cluster.node_timeout_secs, 10);
+        assert!(s.cluster.node_name.is_empty());
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! The connection table: every open stream, its slot in the global, per-map
-//! and per-key limits, and the handle that closes it. Admission is one check
-//! under one lock, so N simultaneous connects against a limit of K admit
-//! exactly K; a slot is freed the moment its guard drops.
+//! The connection table: every open stream of this node, its slot in the
+//! global, per-map and per-key limits, and the handle that closes it.
+//! Admission is one check under one lock, so N simultaneous connects
+//! against a limit of K admit exactly K; a slot is freed the moment its
+//! guard drops. In a cluster the per-map and per-key limits are counted in
+//! the database instead (`cluster`), and freed slots are queued for it in a
+//! [`ReleaseQueue`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -67,6 +70,50 @@ pub struct ConnectionTable {
     // A std Mutex: every critical section is a few map operations, never an
     // `.await`, and admission must be atomic across the three counters.
     inner: Mutex<Inner>,
+    /// Where freed slots go when the database counts them too.
+    released: Option<Arc<ReleaseQueue>>,
+}
+
+/// Streams of this node that ended and whose cluster-wide slots are still
+/// to be freed in the database.
+#[derive(Debug, Default)]
+pub struct ReleaseQueue {
+    // A std Mutex: held for a set operation, never across an `.await`.
+    pending: Mutex<HashSet<Ulid>>,
+    wakeup: tokio::sync::Notify,
+}
+
+impl ReleaseQueue {
+    fn push(&self, id: Ulid) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id);
+        self.wakeup.notify_one();
+    }
+
+    /// The streams waiting to be freed.
+    pub fn pending(&self) -> Vec<Ulid> {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Waits until something is queued.
+    pub async fn wait(&self) {
+        self.wakeup.notified().await;
+    }
+
+    /// Forgets streams whose slots were freed.
+    pub fn done(&self, ids: &[Ulid]) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            pending.remove(id);
+        }
+    }
 }
 
 /// Holds a stream's slot; dropping it frees the slot. Clones hold the same
@@ -103,6 +150,14 @@ fn decrement(counts: &mut HashMap<Ulid, u64>, id: Option<Ulid>) {
 }
 
 impl ConnectionTable {
+    /// A table whose freed slots are also queued in `released`.
+    pub fn with_release_queue(released: Arc<ReleaseQueue>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            released: Some(released),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Critical sections cannot panic half-way (plain map updates).
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
@@ -157,6 +212,9 @@ impl ConnectionTable {
         if inner.entries.remove(&info.id).is_some() {
             decrement(&mut inner.per_map, info.map_id);
             decrement(&mut inner.per_key, info.key_id);
+            if let Some(released) = &self.released {
+                released.push(info.id);
+            }
         }
     }
 
@@ -226,6 +284,20 @@ impl ConnectionTable {
     pub fn counts(&self) -> (HashMap<Ulid, u64>, HashMap<Ulid, u64>) {
         let inner = self.lock();
         (inner.per_map.clone(), inner.per_key.clone())
+    }
+
+    /// One open stream.
+    pub fn get(&self, id: Ulid) -> Option<Arc<ConnectionInfo>> {
+        self.lock().entries.get(&id).map(|e| Arc::clone(&e.info))
+    }
+
+    /// Every open stream, in no order.
+    pub fn all(&self) -> Vec<Arc<ConnectionInfo>> {
+        self.lock()
+            .entries
+            .values()
+            .map(|e| Arc::clone(&e.info))
+            .collect()
     }
 
     /// Streams (optionally of one map) by id, a page of them, and the total.

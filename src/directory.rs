@@ -1,6 +1,9 @@
 //! The directory of maps and API keys: the store is the truth, this is its
-//! in-memory copy so that every request resolves its map and key without a
-//! query. Writes go to the store first, then here.
+//! in-memory copy so that most requests resolve their map and key without a
+//! query. Writes go to the store first, then here. Other processes write
+//! too (other nodes, `herald map create`): a name or key not found here is
+//! looked up in the store, and [`Directory::reload`] takes in every change
+//! when the cluster says the directory changed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -73,25 +76,76 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+impl Inner {
+    fn add_map(&mut self, map: Arc<MapRecord>) {
+        if let Some(old) = self.maps.insert(map.id, Arc::clone(&map)) {
+            self.slugs.remove(&old.slug);
+        }
+        self.slugs.insert(map.slug.clone(), map.id);
+    }
+}
+
 impl Directory {
+    async fn read_all(store: &SharedStore) -> Result<Inner, StoreError> {
+        let (maps, keys) = store.load_directory().await?;
+        let mut inner = Inner::default();
+        for map in maps {
+            inner.add_map(Arc::new(map));
+        }
+        for key in keys {
+            inner.keys.insert(key.hash, key);
+        }
+        Ok(inner)
+    }
+
     /// Loads every map and key from the store.
     ///
     /// # Errors
     /// The store cannot be read.
     pub async fn load(store: SharedStore) -> Result<Self, StoreError> {
-        let (maps, keys) = store.load_directory().await?;
-        let mut inner = Inner::default();
-        for map in maps {
-            inner.slugs.insert(map.slug.clone(), map.id);
-            inner.maps.insert(map.id, Arc::new(map));
-        }
-        for key in keys {
-            inner.keys.insert(key.hash, key);
-        }
+        let inner = Self::read_all(&store).await?;
         Ok(Self {
             store,
             inner: RwLock::new(inner),
         })
+    }
+
+    /// Reads everything again from the store (another process changed it).
+    /// Returns the keys that were revoked.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn reload(&self) -> Result<Vec<Ulid>, StoreError> {
+        let fresh = Self::read_all(&self.store).await?;
+        let missing: Vec<KeyRecord> = self
+            .read()
+            .keys
+            .values()
+            .filter(|k| !fresh.keys.contains_key(&k.hash))
+            .cloned()
+            .collect();
+        // A key created here after the read above began is not revoked:
+        // only a key the store no longer has is.
+        let mut revoked = Vec::new();
+        let mut kept = Vec::new();
+        for key in missing {
+            match self.store.find_key(&key.hash).await? {
+                Some(_) => kept.push(key),
+                None => revoked.push(key.id),
+            }
+        }
+        let mut fresh = fresh;
+        for key in kept {
+            fresh.keys.insert(key.hash, key);
+        }
+        for (id, map) in &self.read().maps {
+            if !fresh.maps.contains_key(id) {
+                // Created here meanwhile (maps are never deleted).
+                fresh.add_map(Arc::clone(map));
+            }
+        }
+        *self.write() = fresh;
+        Ok(revoked)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -108,7 +162,7 @@ impl Directory {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The map named by its id or slug.
+    /// The map named by its id or slug, as known here.
     pub fn resolve(&self, id_or_slug: &str) -> Option<Arc<MapRecord>> {
         let inner = self.read();
         let id = match parse_ulid(id_or_slug) {
@@ -118,13 +172,38 @@ impl Directory {
         inner.maps.get(&id).cloned()
     }
 
+    /// The map named by its id or slug: as known here, else as the store
+    /// has it now (created by another process).
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn find(&self, id_or_slug: &str) -> Result<Option<Arc<MapRecord>>, StoreError> {
+        if let Some(map) = self.resolve(id_or_slug) {
+            return Ok(Some(map));
+        }
+        self.fetch(id_or_slug).await
+    }
+
+    /// The map as the store has it now (its limits changed elsewhere).
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn fetch(&self, id_or_slug: &str) -> Result<Option<Arc<MapRecord>>, StoreError> {
+        let Some(map) = self.store.find_map(id_or_slug).await? else {
+            return Ok(None);
+        };
+        let map = Arc::new(map);
+        self.write().add_map(Arc::clone(&map));
+        Ok(Some(map))
+    }
+
     /// The map with this id.
     pub fn map(&self, id: Ulid) -> Option<Arc<MapRecord>> {
         self.read().maps.get(&id).cloned()
     }
 
-    /// The key whose secret this is. Looked up by SHA-256 digest, then
-    /// confirmed in constant time.
+    /// The key whose secret this is, as known here. Looked up by SHA-256
+    /// digest, then confirmed in constant time.
     pub fn key_for_secret(&self, secret: &str) -> Option<KeyRecord> {
         let hash = hash_secret(secret);
         let inner = self.read();
@@ -133,6 +212,30 @@ impl Directory {
             .get(&hash)
             .filter(|k| hashes_equal(&k.hash, &hash))
             .cloned()
+    }
+
+    /// The key whose secret this is: as known here, else as the store has
+    /// it now (created by another process).
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn find_key(&self, secret: &str) -> Result<Option<KeyRecord>, StoreError> {
+        if let Some(key) = self.key_for_secret(secret) {
+            return Ok(Some(key));
+        }
+        let hash = hash_secret(secret);
+        let Some(key) = self.store.find_key(&hash).await? else {
+            return Ok(None);
+        };
+        if !hashes_equal(&key.hash, &hash) {
+            return Ok(None);
+        }
+        if self.map(key.map_id).is_none() {
+            // The key's map is new here too.
+            self.fetch(&key.map_id.to_string()).await?;
+        }
+        self.write().keys.insert(key.hash, key.clone());
+        Ok(Some(key))
     }
 
     /// A map's keys, oldest first.
@@ -192,8 +295,7 @@ impl Directory {
         self.store.insert_map(&map, &issued.key).await?;
         let map = Arc::new(map);
         let mut inner = self.write();
-        inner.slugs.insert(map.slug.clone(), map.id);
-        inner.maps.insert(map.id, Arc::clone(&map));
+        inner.add_map(Arc::clone(&map));
         inner.keys.insert(issued.key.hash, issued.key.clone());
         Ok((map, issued))
     }
@@ -203,9 +305,6 @@ impl Directory {
     /// # Errors
     /// Unknown map, or the store failing.
     pub async fn add_key(&self, map_id: Ulid) -> Result<IssuedKey, DirectoryError> {
-        if self.map(map_id).is_none() {
-            return Err(DirectoryError::MapNotFound);
-        }
         let issued = new_key(map_id, None);
         self.store.insert_key(&issued.key).await?;
         self.write()
@@ -236,7 +335,10 @@ impl Directory {
         max_connections: Option<u64>,
         max_connections_per_key: Option<u64>,
     ) -> Result<Arc<MapRecord>, DirectoryError> {
-        let current = self.map(map_id).ok_or(DirectoryError::MapNotFound)?;
+        let current = self
+            .fetch(&map_id.to_string())
+            .await?
+            .ok_or(DirectoryError::MapNotFound)?;
         self.store
             .update_map_limits(map_id, max_connections, max_connections_per_key)
             .await?;
@@ -245,7 +347,7 @@ impl Directory {
             max_connections_per_key,
             ..(*current).clone()
         });
-        self.write().maps.insert(map_id, Arc::clone(&updated));
+        self.write().add_map(Arc::clone(&updated));
         Ok(updated)
     }
 
@@ -256,18 +358,32 @@ impl Directory {
     /// An invalid slug, or the store failing.
     pub async fn seed(&self, seeds: &[SeedMap]) -> Result<(), DirectoryError> {
         for seed in seeds {
-            match self.resolve(&seed.slug) {
-                None => {
-                    self.create_map(&seed.slug, seed.name.as_deref(), Some(&seed.api_key))
-                        .await?;
-                    log::info!("seeded map `{}`", seed.slug);
+            let map = match self.find(&seed.slug).await? {
+                Some(map) => map,
+                None => match self
+                    .create_map(&seed.slug, seed.name.as_deref(), Some(&seed.api_key))
+                    .await
+                {
+                    Ok(_) => {
+                        log::info!("seeded map `{}`", seed.slug);
+                        continue;
+                    }
+                    // Another node seeded it at the same moment.
+                    Err(DirectoryError::MapExists) => self
+                        .fetch(&seed.slug)
+                        .await?
+                        .ok_or(DirectoryError::MapNotFound)?,
+                    Err(err) => return Err(err),
+                },
+            };
+            if self.find_key(&seed.api_key).await?.is_none() {
+                let issued = new_key(map.id, Some(&seed.api_key));
+                match self.store.insert_key(&issued.key).await {
+                    // Another node added it at the same moment.
+                    Ok(()) | Err(StoreError::Conflict) => {}
+                    Err(err) => return Err(err.into()),
                 }
-                Some(map) if self.key_for_secret(&seed.api_key).is_none() => {
-                    let issued = new_key(map.id, Some(&seed.api_key));
-                    self.store.insert_key(&issued.key).await?;
-                    self.write().keys.insert(issued.key.hash, issued.key);
-                }
-                Some(_) => {}
+                self.find_key(&seed.api_key).await?;
             }
         }
         Ok(())

@@ -6,7 +6,10 @@
 //!
 //! - [`server`]: start-up (store, directory, actors, HTTP) and graceful shutdown.
 //! - [`actors`]: `MapHub` (fan-out and hot history per map), `Persistence`
-//!   (group commit, monotonic ids), `Session` (one per stream, with its body).
+//!   (group commit), `Feed` (committed events to the hubs, in id order),
+//!   `Session` (one per stream, with its body).
+//! - [`cluster`]: this node among the others on one PostgreSQL database —
+//!   heartbeat, cluster-wide slots, admin views, notifications.
 //! - [`http`]: routes and thin handlers, one file per resource.
 //! - [`state`]: the shared handle handlers receive.
 //! - [`store`]: the store trait with its PostgreSQL and SQLite implementations.
@@ -27,6 +30,7 @@
 pub mod actors;
 pub mod auth;
 pub mod backfill;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod directory;

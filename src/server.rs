@@ -1,7 +1,7 @@
 //! Starting and stopping the relay: open and migrate the store, load the
-//! directory, start the actors and background tasks, serve HTTP, and shut
-//! down gracefully on SIGTERM/SIGINT (stop accepting, end every stream,
-//! flush the pending batch, exit).
+//! directory, join the cluster, start the actors and background tasks,
+//! serve HTTP, and shut down gracefully on SIGTERM/SIGINT (stop accepting,
+//! end every stream, flush the pending batch, leave the cluster, exit).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -17,8 +17,10 @@ use actix_web::dev::{AppConfig, ServiceResponse};
 use actix_web::rt::net::TcpStream;
 use ulid::Ulid;
 
+use crate::actors::feed::FeedHandle;
 use crate::actors::hub::{HubConfig, Hubs};
 use crate::actors::persistence::PersistenceHandle;
+use crate::cluster::{default_node_name, Cluster};
 use crate::config::Settings;
 use crate::connections::ConnectionTable;
 use crate::directory::{Directory, DirectoryError};
@@ -27,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::rate_limit::RateLimiter;
 use crate::sse_tokens::SseTokens;
 use crate::state::AppState;
+use crate::store::offload::{Offloaded, StoreRuntime};
 use crate::store::{self, SharedStore, StoreError};
 
 /// Streams are ended by us on shutdown; this only bounds what remains
@@ -53,6 +56,12 @@ pub enum StartError {
     Seed(#[from] DirectoryError),
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "another `herald serve` is running on the database file {}: herald on SQLite is one \
+         process (use PostgreSQL for several nodes)",
+        .0.display()
+    )]
+    AlreadyServing(std::path::PathBuf),
 }
 
 /// Opens the store named in the settings and applies pending migrations.
@@ -68,16 +77,36 @@ pub async fn open_store(settings: &Settings) -> Result<SharedStore, StoreError> 
 /// Runs the relay until a shutdown signal; returns once it has stopped.
 ///
 /// # Errors
-/// The store cannot be opened, seeding fails, or the address cannot be bound.
+/// The store cannot be opened, seeding fails, another server holds the
+/// SQLite file, or the address cannot be bound.
 pub async fn serve(settings: Settings) -> Result<(), StartError> {
     let settings = Arc::new(settings);
+    let url = settings.database.url.as_str();
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let store: SharedStore = Arc::new(
-        store::offload::Offloaded::start(open_store(&settings).await?, threads)
-            .map_err(|e| StoreError::Unavailable(format!("store threads: {e}")))?,
-    );
+    let opened = open_store(&settings).await?;
+    let _serving = lock_sqlite(url)?;
+    let runtime = StoreRuntime::start(threads)
+        .map_err(|e| StoreError::Unavailable(format!("store threads: {e}")))?;
+    let store: SharedStore = Arc::new(Offloaded::new(opened, Arc::clone(&runtime)));
     let directory = Arc::new(Directory::load(Arc::clone(&store)).await?);
     directory.seed(&settings.maps).await?;
+
+    let mut listeners = Vec::new();
+    for addr in settings.server.bind.as_str().to_socket_addrs()? {
+        let listener = bind(addr)?;
+        let local = listener.local_addr()?;
+        listeners.push((listener, local));
+    }
+    let node_name = match (&settings.cluster.node_name, listeners.first()) {
+        (name, _) if !name.is_empty() => name.clone(),
+        (_, Some((_, local))) => default_node_name(local.port()),
+        (_, None) => default_node_name(0),
+    };
+    let cluster = Arc::new(if store::is_postgres(url) {
+        Cluster::join(url, node_name, &settings.cluster, runtime).await?
+    } else {
+        Cluster::single(node_name, &settings.cluster)
+    });
 
     let workers = if settings.server.workers == 0 {
         threads
@@ -95,20 +124,28 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
         hub_arbiters.iter().map(Arbiter::handle).collect(),
     );
     let metrics = Arc::new(Metrics::default());
-    let last_id = store.newest_event_id(None).await?.unwrap_or_default();
+    let newest = store.newest_event_id(None).await?.unwrap_or_default();
+    let feed = FeedHandle::start(Arc::clone(&store), hubs.clone(), newest);
     let persistence = PersistenceHandle::start(
         Arc::clone(&store),
-        hubs.clone(),
+        feed.clone(),
+        Arc::clone(&cluster),
         Arc::clone(&metrics),
-        last_id,
     );
+    let connections = Arc::new(if cluster.is_shared() {
+        ConnectionTable::with_release_queue(cluster.release_queue())
+    } else {
+        ConnectionTable::default()
+    });
     let state = AppState {
         settings: Arc::clone(&settings),
         store: Arc::clone(&store),
         directory,
-        connections: Arc::new(ConnectionTable::default()),
+        connections,
         hubs,
+        feed,
         persistence,
+        cluster: Arc::clone(&cluster),
         metrics,
         sse_tokens: Arc::new(SseTokens::new(Duration::from_secs(
             settings.auth.sse_token_ttl_secs,
@@ -124,21 +161,20 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
     let shutdown_signal = builder.graceful_shutdown_signal();
-    for addr in settings.server.bind.as_str().to_socket_addrs()? {
-        let listener = bind(addr)?;
-        let local = listener.local_addr()?;
+    for (listener, local) in listeners {
         let state = state.clone();
         let shutdown_signal = shutdown_signal.clone();
         builder = builder.listen("herald", listener, move || {
             worker_service(state.clone(), local, shutdown_signal.clone(), user_timeout)
         })?;
-        log::info!("herald listening on http://{local}");
+        log::info!("herald node {} listening on http://{local}", cluster.name);
         // Tests and scripts read the bound port (the bind may ask for port 0).
         println!("herald listening on http://{local}");
     }
     let _ = std::io::stdout().flush();
     let server = builder.run();
 
+    cluster.start(&state);
     actix_web::rt::spawn(prune_forever(Arc::clone(&store), Arc::clone(&settings)));
     actix_web::rt::spawn(sweep_rate_limits(Arc::clone(&state.rate_limiter)));
     actix_web::rt::spawn(stop_on_signal(state, server.handle()));
@@ -148,6 +184,26 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
     }
     log::info!("herald stopped");
     Ok(())
+}
+
+/// Holds the SQLite database file for this server: herald on SQLite is one
+/// process (ids are handed out from its memory), so a second `serve` on the
+/// same file must not start. `migrate` and `map create` do not take it.
+/// The lock (flock, which SQLite's own fcntl locks do not see) goes with
+/// the process, however it ends.
+fn lock_sqlite(url: &str) -> Result<Option<std::fs::File>, StartError> {
+    use std::os::fd::AsRawFd;
+    let Some(path) = store::sqlite::SqliteStore::file(url).filter(|_| url.starts_with("sqlite:"))
+    else {
+        return Ok(None);
+    };
+    let file = std::fs::File::open(&path)?;
+    // SAFETY: `file` is an open descriptor for the duration of the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(StartError::AlreadyServing(path));
+    }
+    Ok(Some(file))
 }
 
 /// A listening socket with our backlog.
@@ -221,6 +277,8 @@ async fn stop_on_signal(state: AppState, server: actix_web::dev::ServerHandle) {
     state.persistence.flush().await;
     // Streams that arrived on kept-alive connections meanwhile end too.
     state.connections.close_all();
+    // Other nodes may admit this node's clients at once.
+    state.cluster.leave().await;
     stopped.await;
 }
 

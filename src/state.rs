@@ -1,10 +1,13 @@
 //! `AppState`: the cheap-to-clone handle every HTTP handler receives —
-//! settings, store, directory, connection table, hubs, persistence, limits.
+//! settings, store, directory, connection table, hubs, feed, persistence,
+//! cluster, limits.
 
 use std::sync::Arc;
 
+use crate::actors::feed::FeedHandle;
 use crate::actors::hub::Hubs;
 use crate::actors::persistence::PersistenceHandle;
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::connections::ConnectionTable;
 use crate::directory::Directory;
@@ -21,7 +24,9 @@ pub struct AppState {
     pub directory: Arc<Directory>,
     pub connections: Arc<ConnectionTable>,
     pub hubs: Hubs,
+    pub feed: FeedHandle,
     pub persistence: PersistenceHandle,
+    pub cluster: Arc<Cluster>,
     pub metrics: Arc<Metrics>,
     pub sse_tokens: Arc<SseTokens>,
     pub rate_limiter: Arc<RateLimiter>,

@@ -152,11 +152,22 @@ async fn last_event_id_forms(backend: Backend) {
     );
     e.connected().await;
     assert_eq!(drain_quiet(&mut e).await, published[3..]);
-    // An id newer than everything backfills nothing.
+    // An id later than every committed event backfills nothing: the
+    // stream starts at the newest event, and every later one arrives.
     let future = "7ZZZZZZZZZZZZZZZZZZZZZZZZZ";
     let mut f = relay.subscribe(&map.slug, &map.key, "", Some(future)).await;
-    assert_eq!(f.connected().await.id, future);
+    assert_eq!(f.connected().await.id, published[3]);
     assert!(drain_quiet(&mut f).await.is_empty());
+    let later = relay.publish_n(&map.slug, 2).await;
+    assert_eq!(drain_quiet(&mut f).await, later);
+    // On an empty map it starts at the zero id.
+    let empty = relay.create_map().await;
+    let mut e = relay
+        .subscribe(&empty.slug, &empty.key, "", Some(future))
+        .await;
+    assert_eq!(e.connected().await.id, "00000000000000000000000000");
+    let first = relay.publish_n(&empty.slug, 1).await;
+    assert_eq!(drain_quiet(&mut e).await, first);
 }
 
 async fn events_survive_a_restart(backend: Backend) {

@@ -1,10 +1,12 @@
 //! `Persistence`: the group-commit actor. Publishes queue up while a commit
-//! runs and go together into the next one; ids come from one monotonic ULID
-//! generator as each batch is formed, so id order is commit order. A
-//! publisher is answered only after its batch committed and reached the
-//! hubs; while hubs lag behind (see `hub::MAX_UNTAKEN_BYTES`), only after
-//! the hubs have taken it, so a fan-out that lags slows its publishers down
-//! instead of queueing events in memory.
+//! runs and go together into the next one. The store gives the ids inside
+//! the committing transaction (on PostgreSQL under one lock for every
+//! node), so id order is commit order. A committed group goes to the
+//! [`Feed`](super::feed), which delivers it in order; a publisher is
+//! answered once its group is on its way to the hubs — while hubs lag
+//! behind (see `hub::MAX_UNTAKEN_BYTES`), only once they have taken it, so
+//! a fan-out that lags slows its publishers down instead of queueing events
+//! in memory.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,10 +16,11 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use ulid::Ulid;
 
-use super::hub::Hubs;
-use crate::event::{Event, NewEvent, SharedEvent};
+use super::feed::{FeedHandle, LocalCommit};
+use crate::cluster::Cluster;
+use crate::event::NewEvent;
 use crate::metrics::Metrics;
-use crate::store::{SharedStore, StoreError};
+use crate::store::{Publication, SharedStore, StoreError};
 
 /// Events per commit at most: bounds one transaction's size and latency.
 const MAX_EVENTS_PER_COMMIT: usize = 10_000;
@@ -25,10 +28,11 @@ const MAX_EVENTS_PER_COMMIT: usize = 10_000;
 /// time out sooner; this only guards against a lost actor).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
 
+type Reply = oneshot::Sender<Result<Vec<Ulid>, StoreError>>;
+
 struct PendingPublish {
-    map_id: Ulid,
-    events: Vec<NewEvent>,
-    reply: oneshot::Sender<Result<Vec<Ulid>, StoreError>>,
+    publication: Publication,
+    reply: Reply,
 }
 
 /// Queues one publish request (all of its events commit together).
@@ -44,22 +48,17 @@ pub struct Flush;
 /// The group-commit actor.
 pub struct Persistence {
     store: SharedStore,
-    hubs: Hubs,
+    feed: FeedHandle,
+    cluster: Arc<Cluster>,
     metrics: Arc<Metrics>,
     queue: VecDeque<PendingPublish>,
     committing: bool,
-    /// The last id handed out (at start: the newest stored one), so ids
-    /// keep increasing across restarts even if the clock steps back.
+    /// The newest id this node committed.
     last_id: Ulid,
     flush_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Persistence {
-    fn next_id(&mut self) -> Ulid {
-        self.last_id = next_ulid(self.last_id, Ulid::generate());
-        self.last_id
-    }
-
     /// Starts the next commit unless one runs or nothing waits.
     fn commit_next(&mut self, ctx: &mut Context<Self>) {
         if self.committing {
@@ -71,57 +70,64 @@ impl Persistence {
             }
             return;
         }
-        let mut publishes = Vec::new();
-        let mut events: Vec<SharedEvent> = Vec::new();
+        let mut publications = Vec::new();
+        let mut replies = Vec::new();
+        let mut events = 0;
         while let Some(next) = self.queue.front() {
-            if !publishes.is_empty() && events.len() + next.events.len() > MAX_EVENTS_PER_COMMIT {
+            let size = next.publication.events.len();
+            if !publications.is_empty() && events + size > MAX_EVENTS_PER_COMMIT {
                 break;
             }
             let Some(publish) = self.queue.pop_front() else {
                 break;
             };
-            let mut ids = Vec::with_capacity(publish.events.len());
-            for new in publish.events {
-                let id = self.next_id();
-                ids.push(id);
-                events.push(Arc::new(Event::new(
-                    id,
-                    publish.map_id,
-                    new.event_type,
-                    new.source,
-                    &new.payload,
-                )));
-            }
-            publishes.push((ids, publish.reply));
+            events += size;
+            replies.push((size, publish.reply));
+            publications.push(publish.publication);
         }
         self.committing = true;
         let store = Arc::clone(&self.store);
-        let batch = Arc::new(events);
-        let committed = Arc::clone(&batch);
+        // The newest id known here: right unless another node committed
+        // since (the store then reads the truth under its lock).
+        let after = self.last_id.max(self.feed.cursor());
+        let now_ms = self.cluster.now_ms();
         let started = std::time::Instant::now();
         ctx.spawn(
-            async move { store.insert_events(&batch).await }
+            async move { store.commit(after, now_ms, &publications).await }
                 .into_actor(self)
                 .map(move |result, this, ctx| {
                     this.committing = false;
                     match result {
-                        Ok(()) => {
+                        Ok(commit) => {
                             this.metrics
                                 .commit_seconds
                                 .observe(started.elapsed().as_secs_f64());
                             this.metrics.store_batches.inc();
-                            this.metrics.published.inc_by(committed.len() as u64);
-                            this.hubs.deliver(&committed, move || {
-                                for (ids, reply) in publishes {
-                                    let _ = reply.send(Ok(ids));
-                                }
+                            this.metrics.published.inc_by(commit.events.len() as u64);
+                            if let Some(last) = commit.events.last() {
+                                this.last_id = this.last_id.max(last.id);
+                                this.cluster.committed(last.id);
+                            }
+                            let mut ids = commit.events.iter().map(|e| e.id);
+                            let answers: Vec<(Vec<Ulid>, Reply)> = replies
+                                .into_iter()
+                                .map(|(n, reply)| (ids.by_ref().take(n).collect(), reply))
+                                .collect();
+                            this.feed.committed(LocalCommit {
+                                previous: commit.previous,
+                                events: commit.events,
+                                answer: Box::new(move || {
+                                    for (ids, reply) in answers {
+                                        let _ = reply.send(Ok(ids));
+                                    }
+                                }),
                             });
                         }
                         Err(err) => {
                             this.metrics.store_failures.inc();
-                            log::warn!("commit of {} events failed: {err}", committed.len());
+                            log::warn!("commit of {events} events failed: {err}");
                             let message = err.to_string();
-                            for (_, reply) in publishes {
+                            for (_, reply) in replies {
                                 let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
                             }
                         }
@@ -158,33 +164,27 @@ impl Handler<Flush> for Persistence {
     }
 }
 
-/// The id after `last`: a fresh time-based one when the clock has moved
-/// past it, else `last + 1` (same millisecond, or a clock that stepped back).
-fn next_ulid(last: Ulid, fresh: Ulid) -> Ulid {
-    if fresh > last {
-        fresh
-    } else {
-        // 2^80 ids in one millisecond would be needed to overflow.
-        last.increment().unwrap_or(fresh)
-    }
-}
-
 /// Typed handle to the persistence actor.
 #[derive(Clone)]
 pub struct PersistenceHandle(Addr<Persistence>);
 
 impl PersistenceHandle {
-    /// Starts the actor on the current arbiter; ids will be greater than
-    /// `last_id` (the newest stored id).
-    pub fn start(store: SharedStore, hubs: Hubs, metrics: Arc<Metrics>, last_id: Ulid) -> Self {
+    /// Starts the actor on the current arbiter.
+    pub fn start(
+        store: SharedStore,
+        feed: FeedHandle,
+        cluster: Arc<Cluster>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self(
             Persistence {
                 store,
-                hubs,
+                last_id: feed.cursor(),
+                feed,
+                cluster,
                 metrics,
                 queue: VecDeque::new(),
                 committing: false,
-                last_id,
                 flush_waiters: Vec::new(),
             }
             .start(),
@@ -202,8 +202,7 @@ impl PersistenceHandle {
     ) -> Result<Vec<Ulid>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.0.do_send(Publish(PendingPublish {
-            map_id,
-            events,
+            publication: Publication { map_id, events },
             reply,
         }));
         match tokio::time::timeout(PUBLISH_TIMEOUT, answer).await {
@@ -216,25 +215,5 @@ impl PersistenceHandle {
     /// Waits until every publish queued so far has been committed or failed.
     pub async fn flush(&self) {
         let _ = self.0.send(Flush).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_increase_even_when_the_clock_steps_back() {
-        let last = Ulid::from_parts(2_000, 5);
-        assert_eq!(
-            next_ulid(last, Ulid::from_parts(1_000, 9)),
-            Ulid::from_parts(2_000, 6)
-        );
-        assert_eq!(
-            next_ulid(last, Ulid::from_parts(2_000, 1)),
-            Ulid::from_parts(2_000, 6)
-        );
-        let later = Ulid::from_parts(3_000, 1);
-        assert_eq!(next_ulid(last, later), later);
     }
 }

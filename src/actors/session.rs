@@ -268,8 +268,23 @@ pub async fn open(
         .await
         .map_err(|_| ApiError::StoreUnavailable)?;
 
-    let start = req.after.unwrap_or(subscription.head);
-    let (phase, cursor, truncation) = match (req.after, subscription.hot) {
+    let after = match req.after {
+        // Later than anything this node has seen: committed elsewhere, or
+        // later than anything committed. Then the stream starts at the
+        // newest event, and every later one is delivered.
+        Some(after) if after > subscription.head => {
+            match services.store.newest_event_id(req.scope).await {
+                Ok(newest) => Some(after.min(newest.unwrap_or_default().max(subscription.head))),
+                Err(err) => {
+                    services.hubs.unsubscribe(req.scope, conn_id);
+                    return Err(err.into());
+                }
+            }
+        }
+        after => after,
+    };
+    let start = after.unwrap_or(subscription.head);
+    let (phase, cursor, truncation) = match (after, subscription.hot) {
         (_, Some(hot)) => (Phase::Memory(hot.events.into()), start, hot.truncation),
         (Some(after), None) => {
             match plan_from_store(&services.store, req.scope, after, &filter, req.max_backfill)

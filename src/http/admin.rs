@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{authenticate, int_param, query_params, read_body, resolve_map, MAX_ADMIN_BODY};
-use crate::actors::session::CloseReason;
+use crate::cluster::Usage;
 use crate::directory::DirectoryError;
 use crate::error::ApiError;
 use crate::event::{format_millis, parse_ulid};
@@ -27,19 +27,19 @@ impl From<DirectoryError> for ApiError {
     }
 }
 
-fn admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
-    authenticate(state, req, None)?.require_admin()
+async fn admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    authenticate(state, req, None).await?.require_admin()
 }
 
 /// The map of an admin path, in the spec's order of checks: credential,
 /// then map, then role.
-fn admin_map(
+async fn admin_map(
     state: &AppState,
     req: &HttpRequest,
     id_or_slug: &str,
 ) -> Result<Arc<MapRecord>, ApiError> {
-    let caller = authenticate(state, req, None)?;
-    let map = resolve_map(state, id_or_slug)?;
+    let caller = authenticate(state, req, None).await?;
+    let map = resolve_map(state, id_or_slug).await?;
     caller.require_admin()?;
     Ok(map)
 }
@@ -48,7 +48,15 @@ fn ms_text(ms: i64) -> String {
     format_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-fn map_json(state: &AppState, map: &MapRecord) -> Value {
+/// In a cluster, other nodes change maps and keys too: an admin view reads
+/// them afresh (a notification would bring them a moment later).
+async fn fresh_directory(state: &AppState) {
+    if state.cluster.is_shared() {
+        crate::cluster::reload_directory(state).await;
+    }
+}
+
+fn map_json(state: &AppState, usage: &Usage, map: &MapRecord) -> Value {
     let (max_connections, max_connections_per_key) = map.effective_limits(&state.settings.limits);
     let keys: Vec<Value> = state
         .directory
@@ -58,7 +66,7 @@ fn map_json(state: &AppState, map: &MapRecord) -> Value {
             json!({
                 "key_id": k.id.to_string(),
                 "created_at": ms_text(k.created_ms),
-                "connections": state.connections.key_count(k.id),
+                "connections": usage.per_key.get(&k.id).copied().unwrap_or(0),
             })
         })
         .collect();
@@ -71,7 +79,7 @@ fn map_json(state: &AppState, map: &MapRecord) -> Value {
             "max_connections": max_connections,
             "max_connections_per_key": max_connections_per_key,
         },
-        "connections": state.connections.map_count(map.id),
+        "connections": usage.per_map.get(&map.id).copied().unwrap_or(0),
         "keys": keys,
     })
 }
@@ -93,7 +101,7 @@ pub async fn create_map(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
+    admin(&state, &req).await?;
     let body = read_body(&req, payload, MAX_ADMIN_BODY).await?;
     let request: CreateMap = parse_json(&body)?;
     let Some(Value::String(slug)) = request.slug else {
@@ -124,12 +132,14 @@ pub async fn list_maps(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
+    admin(&state, &req).await?;
     let params = query_params(&req)?;
     let limit = int_param(&params, "limit", 100, 1..=1000)?;
     let offset = int_param(&params, "offset", 0, 0..=usize::MAX)?;
+    fresh_directory(&state).await;
+    let usage = state.cluster.usage(&state.connections).await?;
     let (total, maps) = state.directory.list(limit, offset);
-    let items: Vec<Value> = maps.iter().map(|m| map_json(&state, m)).collect();
+    let items: Vec<Value> = maps.iter().map(|m| map_json(&state, &usage, m)).collect();
     Ok(HttpResponse::Ok().json(json!({ "total": total, "items": items })))
 }
 
@@ -139,8 +149,13 @@ pub async fn get_map(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let map = admin_map(&state, &req, &path)?;
-    Ok(HttpResponse::Ok().json(map_json(&state, &map)))
+    let mut map = admin_map(&state, &req, &path).await?;
+    fresh_directory(&state).await;
+    if let Some(fresh) = state.directory.map(map.id) {
+        map = fresh;
+    }
+    let usage = state.cluster.usage(&state.connections).await?;
+    Ok(HttpResponse::Ok().json(map_json(&state, &usage, &map)))
 }
 
 /// `POST /api/admin/maps/{map}/keys` → 201 with the key, shown once.
@@ -149,7 +164,7 @@ pub async fn create_key(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let map = admin_map(&state, &req, &path)?;
+    let map = admin_map(&state, &req, &path).await?;
     let issued = state.directory.add_key(map.id).await?;
     log::info!("key created map={} key={}", map.id, issued.key.id);
     Ok(HttpResponse::Created().json(json!({
@@ -166,7 +181,7 @@ pub async fn revoke_key(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (map, key_id) = path.into_inner();
-    let map = admin_map(&state, &req, &map)?;
+    let map = admin_map(&state, &req, &map).await?;
     let key_id = parse_ulid(&key_id).ok_or(ApiError::KeyNotFound)?;
     state.directory.revoke_key(map.id, key_id).await?;
     state.sse_tokens.revoke_key(key_id);
@@ -186,11 +201,17 @@ pub async fn set_limits(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let map = admin_map(&state, &req, &path)?;
+    let map = admin_map(&state, &req, &path).await?;
     let body = read_body(&req, payload, MAX_ADMIN_BODY).await?;
     let Value::Object(fields) = parse_json::<Value>(&body)? else {
         return Err(ApiError::InvalidLimits("body must be a JSON object".into()));
     };
+    // Absent fields keep the stored value, which another node may have set.
+    let map = state
+        .directory
+        .fetch(&map.id.to_string())
+        .await?
+        .unwrap_or(map);
     let mut max_connections = map.max_connections;
     let mut max_connections_per_key = map.max_connections_per_key;
     for (name, value) in &fields {
@@ -230,10 +251,15 @@ pub async fn limits(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
+    admin(&state, &req).await?;
     let settings = &state.settings.limits;
+    fresh_directory(&state).await;
+    let Usage {
+        total: connections,
+        per_map,
+        per_key,
+    } = state.cluster.usage(&state.connections).await?;
     let (total, maps) = state.directory.list(usize::MAX, 0);
-    let (per_map, per_key) = state.connections.counts();
     let maps: Vec<Value> = maps
         .iter()
         .map(|map| {
@@ -264,7 +290,8 @@ pub async fn limits(
     Ok(HttpResponse::Ok().json(json!({
         "global": {
             "max_connections": settings.max_connections,
-            "connections": state.connections.total(),
+            "connections": connections,
+            "node_connections": state.connections.total(),
         },
         "defaults": {
             "max_connections_per_map": settings.max_connections_per_map,
@@ -284,25 +311,29 @@ pub async fn list_connections(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
+    admin(&state, &req).await?;
     let params = query_params(&req)?;
     let map_id = match params.get("map").filter(|m| !m.is_empty()) {
-        Some(map) => Some(resolve_map(&state, map)?.id),
+        Some(map) => Some(resolve_map(&state, map).await?.id),
         None => None,
     };
     let limit = int_param(&params, "limit", 100, 1..=1000)?;
     let offset = int_param(&params, "offset", 0, 0..=usize::MAX)?;
-    let (total, infos) = state.connections.list(map_id, limit, offset);
-    let items: Vec<Value> = infos
+    let (total, streams) = state
+        .cluster
+        .connections(&state.connections, map_id, limit, offset)
+        .await?;
+    let items: Vec<Value> = streams
         .iter()
         .map(|c| {
             json!({
                 "id": c.id.to_string(),
+                "node": c.node,
                 "map_id": c.map_id.map(|m| m.to_string()),
                 "key_id": c.key_id.map(|k| k.to_string()),
                 "remote_addr": c.remote_addr,
                 "connected_at": ms_text(c.connected_ms),
-                "events_sent": c.sent(),
+                "events_sent": c.events_sent,
                 "filter": c.filter,
             })
         })
@@ -310,30 +341,59 @@ pub async fn list_connections(
     Ok(HttpResponse::Ok().json(json!({ "total": total, "items": items })))
 }
 
-/// `DELETE /api/admin/connections/{id}`: the stream ends at once.
+/// `DELETE /api/admin/connections/{id}`: the stream ends at once, on
+/// whichever node holds it.
 pub async fn close_connection(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
+    admin(&state, &req).await?;
     let id = parse_ulid(&path).ok_or(ApiError::ConnectionNotFound)?;
-    if !state.connections.close(id, CloseReason::AdminClosed) {
+    if !state.cluster.close(&state.connections, id).await? {
         return Err(ApiError::ConnectionNotFound);
     }
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// `GET /api/admin/stats`.
+/// `GET /api/admin/nodes`: the live nodes.
+pub async fn nodes(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req).await?;
+    let nodes = state.cluster.nodes(&state.connections).await?;
+    let items: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "id": n.id.to_string(),
+                "name": n.name,
+                "started_at": ms_text(n.started_ms),
+                "last_seen": ms_text(n.last_seen_ms),
+                "connections": n.connections,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+/// `GET /api/admin/stats`: this node's counters plus the other live
+/// nodes' (as of their last heartbeat).
 pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
+    admin(&state, &req).await?;
     let m = &state.metrics;
+    let nodes = state.cluster.nodes(&state.connections).await?;
+    let others = nodes.iter().filter(|n| n.id != state.cluster.id);
+    let (published, delivered) = others
+        .fold((m.published.get(), m.delivered.get()), |(p, d), n| {
+            (p + n.published, d + n.delivered)
+        });
+    let connections = state.cluster.usage(&state.connections).await?.total;
     Ok(HttpResponse::Ok().json(json!({
-        "connections": state.connections.total(),
+        "connections": connections,
         "maps": state.directory.map_count(),
+        "nodes": nodes.len(),
         "active_hubs": state.hubs.running(),
-        "published": m.published.get(),
-        "delivered": m.delivered.get(),
+        "published": published,
+        "delivered": delivered,
         "slow_consumer_disconnects": m.slow_consumer_cuts.get(),
         "store_batches": m.store_batches.get(),
         "store_failures": m.store_failures.get(),

@@ -20,8 +20,8 @@ pub async fn publish(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = authenticate(&state, &req, None)?;
-    let map = resolve_map(&state, &path)?;
+    let caller = authenticate(&state, &req, None).await?;
+    let map = resolve_map(&state, &path).await?;
     if !matches!(caller, Caller::Publisher) {
         return Err(ApiError::Unauthorized);
     }
@@ -47,8 +47,8 @@ pub async fn history(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = authenticate(&state, &req, None)?;
-    let map = resolve_map(&state, &path)?;
+    let caller = authenticate(&state, &req, None).await?;
+    let map = resolve_map(&state, &path).await?;
     caller.reader_of(&map)?;
     let params = query_params(&req)?;
     let mut cursor = match params

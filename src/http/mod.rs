@@ -4,7 +4,7 @@
 //!
 //! - [`stream`]: map streams, the admin firehose, SSE tokens.
 //! - [`events`]: publish and history.
-//! - [`admin`]: maps, keys, limits, connections, stats.
+//! - [`admin`]: maps, keys, limits, connections, nodes, stats.
 //! - [`ops`]: health, readiness, metrics.
 //! - [`stream_conn`]: the lean HTTP/1.1 path of connections opened for a stream.
 
@@ -94,6 +94,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(admin::close_connection)),
         )
         .service(resource("/api/admin/stats").route(web::get().to(admin::stats)))
+        .service(resource("/api/admin/nodes").route(web::get().to(admin::nodes)))
         .default_service(web::to(not_found));
 }
 
@@ -198,11 +199,13 @@ impl Caller {
 }
 
 /// Identifies the caller by its Bearer credential, or by a single-use SSE
-/// token (consumed here) where `sse_token` is given.
+/// token (consumed here) where `sse_token` is given. A map key this node
+/// does not know yet is looked up in the store (another process made it).
 ///
 /// # Errors
-/// `UNAUTHORIZED` when nothing is presented or nothing matches.
-pub fn authenticate(
+/// `UNAUTHORIZED` when nothing is presented or nothing matches;
+/// `STORE_UNAVAILABLE` when an unknown key cannot be looked up.
+pub async fn authenticate(
     state: &AppState,
     req: &HttpRequest,
     sse_token: Option<&str>,
@@ -217,7 +220,8 @@ pub fn authenticate(
         }
         return state
             .directory
-            .key_for_secret(token)
+            .find_key(token)
+            .await?
             .map(Caller::MapKey)
             .ok_or(ApiError::Unauthorized);
     }
@@ -228,14 +232,16 @@ pub fn authenticate(
         .ok_or(ApiError::Unauthorized)
 }
 
-/// The map a `{map}` path segment names (id or slug).
+/// The map a `{map}` path segment names (id or slug); one this node does
+/// not know yet is looked up in the store.
 ///
 /// # Errors
-/// `MAP_NOT_FOUND`.
-pub fn resolve_map(state: &AppState, id_or_slug: &str) -> Result<Arc<MapRecord>, ApiError> {
+/// `MAP_NOT_FOUND`, or `STORE_UNAVAILABLE` when it cannot be looked up.
+pub async fn resolve_map(state: &AppState, id_or_slug: &str) -> Result<Arc<MapRecord>, ApiError> {
     state
         .directory
-        .resolve(id_or_slug)
+        .find(id_or_slug)
+        .await?
         .ok_or(ApiError::MapNotFound)
 }
 

@@ -12,6 +12,7 @@ use ulid::Ulid;
 
 use super::{authenticate, query_params, resolve_map, Caller, Query};
 use crate::actors::session::{self, StreamRequest, StreamServices};
+use crate::cluster::Refusal;
 use crate::connections::{Admission, ConnectionInfo, LimitExceeded};
 use crate::error::ApiError;
 use crate::event::parse_ulid;
@@ -28,8 +29,8 @@ pub async fn map_stream(
 ) -> Result<HttpResponse, ApiError> {
     state.rate_limiter.check(&req)?;
     let query = Query::of(&req);
-    let caller = authenticate(&state, &req, query.token())?;
-    let map = resolve_map(&state, &path)?;
+    let caller = authenticate(&state, &req, query.token()).await?;
+    let map = resolve_map(&state, &path).await?;
     let key_id = caller.reader_of(&map)?;
     let params = query.params()?;
     open_stream(&state, &req, &params, Some(&map), key_id).await
@@ -41,7 +42,7 @@ pub async fn firehose(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.rate_limiter.check(&req)?;
-    authenticate(&state, &req, None)?.require_admin()?;
+    authenticate(&state, &req, None).await?.require_admin()?;
     let params = query_params(&req)?;
     open_stream(&state, &req, &params, None, None).await
 }
@@ -53,8 +54,8 @@ pub async fn sse_token(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.rate_limiter.check(&req)?;
-    let caller = authenticate(&state, &req, None)?;
-    let map = resolve_map(&state, &path)?;
+    let caller = authenticate(&state, &req, None).await?;
+    let map = resolve_map(&state, &path).await?;
     if matches!(caller, Caller::SseToken(_)) {
         return Err(ApiError::Unauthorized);
     }
@@ -114,7 +115,11 @@ async fn open_stream(
         return Err(ApiError::SseDisabled);
     }
     let limits = &settings.limits;
-    let map_limits = map.map(|m| m.effective_limits(limits));
+    // In a cluster the database counts maps' and keys' streams on every
+    // node (below); this node's table counts only its own limit then.
+    let map_limits = map
+        .filter(|_| !state.cluster.is_shared())
+        .map(|m| m.effective_limits(limits));
     let admission = Admission {
         max_global: limits.max_connections,
         max_per_map: map_limits.map(|(per_map, _)| per_map),
@@ -135,21 +140,26 @@ async fn open_stream(
         events_sent: AtomicU64::new(0),
     };
     let conn_id = info.id;
-    let guard = state
-        .connections
-        .admit(info, admission)
-        .map_err(|exceeded| {
-            log::warn!(
-                "refused conn={conn_id} map={} key={}: {exceeded}",
-                map.map_or("*", |m| m.slug.as_str()),
-                key_id.map_or_else(|| "admin".to_owned(), |k| k.to_string()),
-            );
-            match exceeded {
-                LimitExceeded::Global => ApiError::GlobalConnectionLimit,
-                LimitExceeded::Map => ApiError::MapConnectionLimit,
-                LimitExceeded::Key => ApiError::ApiKeyConnectionLimit,
-            }
-        })?;
+    let refused = |exceeded: LimitExceeded| {
+        log::warn!(
+            "refused conn={conn_id} map={} key={}: {exceeded}",
+            map.map_or("*", |m| m.slug.as_str()),
+            key_id.map_or_else(|| "admin".to_owned(), |k| k.to_string()),
+        );
+        match exceeded {
+            LimitExceeded::Global => ApiError::GlobalConnectionLimit,
+            LimitExceeded::Map => ApiError::MapConnectionLimit,
+            LimitExceeded::Key => ApiError::ApiKeyConnectionLimit,
+        }
+    };
+    let guard = state.connections.admit(info, admission).map_err(refused)?;
+    // Dropping the guard on refusal frees whatever the database may hold.
+    match state.cluster.admit(&guard.info, limits).await {
+        Ok(()) => {}
+        Err(Refusal::Limit(exceeded)) => return Err(refused(exceeded)),
+        Err(Refusal::Gone) => return Err(ApiError::Unauthorized),
+        Err(Refusal::Store(err)) => return Err(err.into()),
+    }
     let scope: Scope = map.map(|m| m.id);
     let services = StreamServices {
         hubs: state.hubs.clone(),

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use ulid::Ulid;
 
 use crate::auth::SecretHash;
-use crate::event::{Event, SharedEvent};
+use crate::event::{Event, NewEvent, SharedEvent};
 
 /// Longest any store call may take before it counts as unavailable: a
 /// publisher gets its 503 in bounded time even when the database hangs.
@@ -94,6 +94,55 @@ pub struct EventHead {
 /// Which events a read covers: one map, or every map (the admin firehose).
 pub type Scope = Option<Ulid>;
 
+/// The events of one publish request; they commit together with the other
+/// requests of a group commit, all or nothing.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub map_id: Ulid,
+    pub events: Vec<NewEvent>,
+}
+
+/// A committed group: its events in id order (the publications' events in
+/// turn), and the newest id committed before them, on any node. When a
+/// node has delivered exactly through `previous`, it may deliver `events`
+/// next without reading the store: nothing can lie between.
+#[derive(Debug)]
+pub struct Commit {
+    pub previous: Ulid,
+    pub events: Vec<SharedEvent>,
+}
+
+/// Gives the events of `publications` ids after `previous`, in order: a
+/// time-based id at `now_ms` when that is later, else `previous + 1` (same
+/// millisecond, or a clock behind the newest id), then one more each.
+pub fn assign_ids(previous: Ulid, now_ms: u64, publications: &[Publication]) -> Vec<SharedEvent> {
+    let mut last = previous;
+    let mut events = Vec::with_capacity(publications.iter().map(|p| p.events.len()).sum());
+    for publication in publications {
+        for new in &publication.events {
+            last = next_ulid(last, Ulid::from_parts(now_ms, rand::random()));
+            events.push(Arc::new(Event::new(
+                last,
+                publication.map_id,
+                new.event_type.clone(),
+                new.source.clone(),
+                &new.payload,
+            )));
+        }
+    }
+    events
+}
+
+/// The id after `last`: `fresh` when it is later, else `last + 1`.
+fn next_ulid(last: Ulid, fresh: Ulid) -> Ulid {
+    if fresh > last {
+        fresh
+    } else {
+        // 2^80 ids in one millisecond would be needed to overflow.
+        last.increment().unwrap_or(fresh)
+    }
+}
+
 /// Persistent storage of maps, keys and events.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -117,8 +166,21 @@ pub trait Store: Send + Sync + 'static {
         max_connections_per_key: Option<u64>,
     ) -> Result<(), StoreError>;
 
-    /// Inserts a batch atomically: all or nothing.
-    async fn insert_events(&self, events: &[SharedEvent]) -> Result<(), StoreError>;
+    /// Commits a group of publications atomically, all or nothing, giving
+    /// their events ids later than every committed one (see [`Commit`]).
+    /// `after` is the newest id the caller knows of and `now_ms` its best
+    /// idea of the time: hints that save a round trip when they are right.
+    async fn commit(
+        &self,
+        after: Ulid,
+        now_ms: u64,
+        publications: &[Publication],
+    ) -> Result<Commit, StoreError>;
+    /// The map with this id or slug, read from the store (a map another
+    /// process created since the directory was loaded).
+    async fn find_map(&self, id_or_slug: &str) -> Result<Option<MapRecord>, StoreError>;
+    /// The key with this hash, read from the store.
+    async fn find_key(&self, hash: &SecretHash) -> Result<Option<KeyRecord>, StoreError>;
     /// The newest event id in scope.
     async fn newest_event_id(&self, scope: Scope) -> Result<Option<Ulid>, StoreError>;
     /// Up to `limit` events with `id > after`, oldest first.
@@ -154,12 +216,17 @@ pub trait Store: Send + Sync + 'static {
 /// The store handle shared by actors and handlers.
 pub type SharedStore = Arc<dyn Store>;
 
+/// Whether a database URL names PostgreSQL.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// Opens the store a URL names (`postgres://` or `sqlite:`).
 ///
 /// # Errors
 /// An unknown scheme, or a database that cannot be opened.
 pub async fn open(url: &str) -> Result<SharedStore, StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(url) {
         Ok(Arc::new(postgres::PgStore::connect(url)?))
     } else if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
@@ -214,6 +281,42 @@ pub(crate) fn unpack_page(packed: &str) -> Result<Vec<Event>, StoreError> {
     Ok(events)
 }
 
+/// A `maps` row as read by `sql::SELECT_MAPS` or `sql::FIND_MAP`.
+pub(crate) fn map_row<R: sqlx::Row>(row: &R) -> Result<MapRecord, StoreError>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(MapRecord {
+        id: ulid_column(row.try_get("id")?)?,
+        slug: row.try_get("slug")?,
+        name: row.try_get("name")?,
+        created_ms: row.try_get("created_ms")?,
+        max_connections: limit_column(row.try_get("max_connections")?),
+        max_connections_per_key: limit_column(row.try_get("max_connections_per_key")?),
+    })
+}
+
+/// An `api_keys` row as read by `sql::SELECT_KEYS` or `sql::FIND_KEY`.
+pub(crate) fn key_row<R: sqlx::Row>(row: &R) -> Result<KeyRecord, StoreError>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let hash: &str = row.try_get("key_hash")?;
+    Ok(KeyRecord {
+        id: ulid_column(row.try_get("id")?)?,
+        map_id: ulid_column(row.try_get("map_id")?)?,
+        hash: crate::auth::parse_hash_hex(hash)
+            .ok_or_else(|| StoreError::Corrupt("api key hash".into()))?,
+        created_ms: row.try_get("created_ms")?,
+    })
+}
+
 /// Converts an optional stored limit.
 pub(crate) fn limit_column(value: Option<i64>) -> Option<u64> {
     value.and_then(|v| u64::try_from(v).ok())
@@ -230,7 +333,7 @@ pub(crate) fn retention_cut(by_age: Option<String>, by_count: Option<String>) ->
 }
 
 /// Implements [`Store`] for a backend struct with a `pool` field and two
-/// inherent methods, `run_migrations` and `insert_batch`. Everything else is
+/// inherent methods, `run_migrations` and `commit_group`. Everything else is
 /// the shared SQL of [`sql`], written once for both backends.
 macro_rules! impl_store {
     ($store:ty) => {
@@ -252,7 +355,6 @@ macro_rules! impl_store {
                 (Vec<$crate::store::MapRecord>, Vec<$crate::store::KeyRecord>),
                 $crate::store::StoreError,
             > {
-                use sqlx::Row as _;
                 let map_rows = $crate::store::timed(
                     sqlx::query($crate::store::sql::SELECT_MAPS).fetch_all(&self.pool),
                 )
@@ -261,33 +363,14 @@ macro_rules! impl_store {
                     sqlx::query($crate::store::sql::SELECT_KEYS).fetch_all(&self.pool),
                 )
                 .await?;
-                let mut maps = Vec::with_capacity(map_rows.len());
-                for row in map_rows {
-                    maps.push($crate::store::MapRecord {
-                        id: $crate::store::ulid_column(row.try_get("id")?)?,
-                        slug: row.try_get("slug")?,
-                        name: row.try_get("name")?,
-                        created_ms: row.try_get("created_ms")?,
-                        max_connections: $crate::store::limit_column(
-                            row.try_get("max_connections")?,
-                        ),
-                        max_connections_per_key: $crate::store::limit_column(
-                            row.try_get("max_connections_per_key")?,
-                        ),
-                    });
-                }
-                let mut keys = Vec::with_capacity(key_rows.len());
-                for row in key_rows {
-                    let hash: &str = row.try_get("key_hash")?;
-                    keys.push($crate::store::KeyRecord {
-                        id: $crate::store::ulid_column(row.try_get("id")?)?,
-                        map_id: $crate::store::ulid_column(row.try_get("map_id")?)?,
-                        hash: $crate::auth::parse_hash_hex(hash).ok_or_else(|| {
-                            $crate::store::StoreError::Corrupt("api key hash".into())
-                        })?,
-                        created_ms: row.try_get("created_ms")?,
-                    });
-                }
+                let maps = map_rows
+                    .iter()
+                    .map($crate::store::map_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let keys = key_rows
+                    .iter()
+                    .map($crate::store::key_row)
+                    .collect::<Result<Vec<_>, _>>()?;
                 Ok((maps, keys))
             }
 
@@ -367,11 +450,39 @@ macro_rules! impl_store {
                 .map(|_| ())
             }
 
-            async fn insert_events(
+            async fn commit(
                 &self,
-                events: &[$crate::event::SharedEvent],
-            ) -> Result<(), $crate::store::StoreError> {
-                $crate::store::timed(self.insert_batch(events)).await
+                after: ulid::Ulid,
+                now_ms: u64,
+                publications: &[$crate::store::Publication],
+            ) -> Result<$crate::store::Commit, $crate::store::StoreError> {
+                $crate::store::timed(self.commit_group(after, now_ms, publications)).await?
+            }
+
+            async fn find_map(
+                &self,
+                id_or_slug: &str,
+            ) -> Result<Option<$crate::store::MapRecord>, $crate::store::StoreError> {
+                let row = $crate::store::timed(
+                    sqlx::query($crate::store::sql::FIND_MAP)
+                        .bind(id_or_slug)
+                        .fetch_optional(&self.pool),
+                )
+                .await?;
+                row.map(|row| $crate::store::map_row(&row)).transpose()
+            }
+
+            async fn find_key(
+                &self,
+                hash: &$crate::auth::SecretHash,
+            ) -> Result<Option<$crate::store::KeyRecord>, $crate::store::StoreError> {
+                let row = $crate::store::timed(
+                    sqlx::query($crate::store::sql::FIND_KEY)
+                        .bind($crate::auth::hash_hex(hash))
+                        .fetch_optional(&self.pool),
+                )
+                .await?;
+                row.map(|row| $crate::store::key_row(&row)).transpose()
             }
 
             async fn newest_event_id(
@@ -539,6 +650,55 @@ pub(crate) use impl_store;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_increase_even_when_the_clock_is_behind() {
+        let last = Ulid::from_parts(2_000, 5);
+        assert_eq!(
+            next_ulid(last, Ulid::from_parts(1_000, 9)),
+            Ulid::from_parts(2_000, 6)
+        );
+        assert_eq!(
+            next_ulid(last, Ulid::from_parts(2_000, 1)),
+            Ulid::from_parts(2_000, 6)
+        );
+        let later = Ulid::from_parts(3_000, 1);
+        assert_eq!(next_ulid(last, later), later);
+    }
+
+    #[test]
+    fn a_group_gets_increasing_ids_after_the_previous_one() {
+        let new = |t: &str| NewEvent {
+            event_type: t.into(),
+            source: String::new(),
+            payload: "1".into(),
+        };
+        let (a, b) = (Ulid::from_parts(1, 1), Ulid::from_parts(1, 2));
+        let publications = [
+            Publication {
+                map_id: a,
+                events: vec![new("x"), new("y")],
+            },
+            Publication {
+                map_id: b,
+                events: vec![new("z")],
+            },
+        ];
+        // A clock ten minutes behind the newest id.
+        let previous = Ulid::from_parts(600_000, 7);
+        let events = assign_ids(previous, 0, &publications);
+        let ids: Vec<Ulid> = events.iter().map(|e| e.id).collect();
+        assert_eq!(
+            ids,
+            [8, 9, 10].map(|n| Ulid::from_parts(600_000, n)),
+            "previous + 1, + 2, + 3"
+        );
+        let maps: Vec<Ulid> = events.iter().map(|e| e.map_id).collect();
+        assert_eq!(maps, [a, a, b]);
+        let on_time = assign_ids(previous, 700_000, &publications);
+        assert_eq!(on_time[0].id.timestamp_ms(), 700_000);
+        assert!(on_time.windows(2).all(|w| w[0].id < w[1].id));
+    }
 
     #[test]
     fn unpacks_a_page_in_order_with_payloads_intact() {

@@ -18,23 +18,25 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use ulid::Ulid;
 
-use super::{EventHead, KeyRecord, MapRecord, Scope, SharedStore, Store, StoreError};
-use crate::event::{Event, SharedEvent};
+use super::{
+    Commit, EventHead, KeyRecord, MapRecord, Publication, Scope, SharedStore, Store, StoreError,
+};
+use crate::auth::SecretHash;
+use crate::event::Event;
 
-/// A [`Store`] whose calls run on a dedicated runtime.
-pub struct Offloaded {
-    inner: SharedStore,
-    runtime: Handle,
-    /// Dropped with the store: the runtime's thread then ends.
+/// The runtime store calls run on: threads that do nothing else.
+pub struct StoreRuntime {
+    handle: Handle,
+    /// Dropped with the last user: the runtime's thread then ends.
     _stop: oneshot::Sender<()>,
 }
 
-impl Offloaded {
+impl StoreRuntime {
     /// Starts the runtime (`threads` workers, named `herald-store`).
     ///
     /// # Errors
     /// The threads cannot be started.
-    pub fn start(inner: SharedStore, threads: usize) -> std::io::Result<Self> {
+    pub fn start(threads: usize) -> std::io::Result<Arc<Self>> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("herald-store")
@@ -47,23 +49,52 @@ impl Offloaded {
         std::thread::Builder::new()
             .name("herald-store-main".into())
             .spawn(move || runtime.block_on(async move { _ = stopped.await }))?;
-        Ok(Self {
-            inner,
-            runtime: handle,
+        Ok(Arc::new(Self {
+            handle,
             _stop: stop,
-        })
+        }))
     }
 
     /// Runs `call` on the store runtime; a call that panicked or was cut
     /// short by shutdown counts as unavailable.
+    ///
+    /// # Errors
+    /// The call's own, or [`StoreError::Unavailable`] if it did not finish.
+    pub async fn run<T, F>(&self, call: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        self.handle
+            .spawn(call)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task: {e}")))?
+    }
+
+    /// Starts a background task on the store runtime.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.handle.spawn(task);
+    }
+}
+
+/// A [`Store`] whose calls run on a [`StoreRuntime`].
+pub struct Offloaded {
+    inner: SharedStore,
+    runtime: Arc<StoreRuntime>,
+}
+
+impl Offloaded {
+    /// Wraps `inner`: its calls will run on `runtime`.
+    pub fn new(inner: SharedStore, runtime: Arc<StoreRuntime>) -> Self {
+        Self { inner, runtime }
+    }
+
     async fn run<T, F>(&self, call: impl FnOnce(SharedStore) -> F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        let task = self.runtime.spawn(call(Arc::clone(&self.inner)));
-        task.await
-            .map_err(|e| StoreError::Unavailable(format!("store task: {e}")))?
+        self.runtime.run(call(Arc::clone(&self.inner))).await
     }
 }
 
@@ -111,8 +142,25 @@ impl Store for Offloaded {
     }
 
     /// Not moved (see the module docs).
-    async fn insert_events(&self, events: &[SharedEvent]) -> Result<(), StoreError> {
-        self.inner.insert_events(events).await
+    async fn commit(
+        &self,
+        after: Ulid,
+        now_ms: u64,
+        publications: &[Publication],
+    ) -> Result<Commit, StoreError> {
+        self.inner.commit(after, now_ms, publications).await
+    }
+
+    async fn find_map(&self, id_or_slug: &str) -> Result<Option<MapRecord>, StoreError> {
+        let id_or_slug = id_or_slug.to_owned();
+        self.run(|s| async move { s.find_map(&id_or_slug).await })
+            .await
+    }
+
+    async fn find_key(&self, hash: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
+        let hash = *hash;
+        self.run(move |s| async move { s.find_key(&hash).await })
+            .await
     }
 
     async fn newest_event_id(&self, scope: Scope) -> Result<Option<Ulid>, StoreError> {
@@ -170,7 +218,7 @@ mod tests {
     async fn calls_run_on_the_store_threads_and_answer_the_caller() {
         let inner = crate::store::open("sqlite::memory:").await.expect("store");
         inner.migrate().await.expect("migrate");
-        let store = Offloaded::start(inner, 1).expect("runtime");
+        let store = Offloaded::new(inner, StoreRuntime::start(1).expect("runtime"));
         store.ping().await.expect("ping");
         let on_store_thread = store
             .run(|_| async { Ok(std::thread::current().name() == Some("herald-store")) })

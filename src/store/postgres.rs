@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::StoreError;
+use ulid::Ulid;
+
+use super::{assign_ids, ulid_column, Commit, Publication, StoreError};
 use crate::event::SharedEvent;
 
 /// Connections: enough for group commits, backfills and admin reads at once.
@@ -63,32 +65,92 @@ impl PgStore {
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
     }
 
-    async fn insert_batch(&self, events: &[SharedEvent]) -> Result<(), sqlx::Error> {
-        let mut map_ids = Vec::with_capacity(events.len());
-        let mut ids = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut sources = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        for event in events {
-            map_ids.push(event.map_id.to_string());
-            ids.push(event.id.to_string());
-            types.push(event.event_type.as_str());
-            sources.push(event.source.as_str());
-            payloads.push(event.payload());
+    /// Commits a group under the id clock's row lock (see the `id_clock`
+    /// migration), held from the clock's update to the commit, so commits
+    /// of every node are serialized and id order is commit order.
+    ///
+    /// First try: one statement with ids after `after`, which inserts only
+    /// if the clock still says `after` (no other node committed since this
+    /// one last heard). Else, a transaction that locks the clock, reads it
+    /// and the database's time, and assigns ids from there.
+    async fn commit_group(
+        &self,
+        after: Ulid,
+        now_ms: u64,
+        publications: &[Publication],
+    ) -> Result<Result<Commit, StoreError>, sqlx::Error> {
+        let events = assign_ids(after, now_ms, publications);
+        if insert_and_advance(&self.writer, after, &events).await? {
+            return Ok(Ok(Commit {
+                previous: after,
+                events,
+            }));
         }
-        sqlx::query(
-            "INSERT INTO events (map_id, id, type, source, payload) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])",
-        )
+        let mut tx = self.writer.begin().await?;
+        let (last, db_now_ms): (String, i64) =
+            sqlx::query_as(LOCK_CLOCK).fetch_one(&mut *tx).await?;
+        let previous = match ulid_column(&last) {
+            Ok(previous) => previous,
+            Err(err) => return Ok(Err(err)),
+        };
+        let events = assign_ids(
+            previous,
+            u64::try_from(db_now_ms).unwrap_or(now_ms),
+            publications,
+        );
+        if !insert_and_advance(&mut *tx, previous, &events).await? {
+            return Ok(Err(StoreError::Unavailable(
+                "the id clock moved while locked".into(),
+            )));
+        }
+        tx.commit().await?;
+        Ok(Ok(Commit { previous, events }))
+    }
+}
+
+/// Locks the id clock until commit; reads it and the database's time.
+const LOCK_CLOCK: &str = "SELECT last_id, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT \
+     FROM id_clock FOR UPDATE";
+
+/// Inserts the events and moves the clock to the last one, if the clock
+/// is at `$7`; answers whether it was. The clock's row lock, taken by the
+/// UPDATE, is held until the commit.
+const INSERT_AND_ADVANCE: &str = "WITH clock AS (\
+        UPDATE id_clock SET last_id = $6 WHERE last_id = $7 RETURNING 1\
+     ), inserted AS (\
+        INSERT INTO events (map_id, id, type, source, payload) \
+        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+        WHERE EXISTS (SELECT 1 FROM clock)\
+     ) SELECT EXISTS (SELECT 1 FROM clock)";
+
+async fn insert_and_advance<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    previous: Ulid,
+    events: &[SharedEvent],
+) -> Result<bool, sqlx::Error> {
+    let mut map_ids = Vec::with_capacity(events.len());
+    let mut ids = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut sources = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    for event in events {
+        map_ids.push(event.map_id.to_string());
+        ids.push(event.id.to_string());
+        types.push(event.event_type.as_str());
+        sources.push(event.source.as_str());
+        payloads.push(event.payload());
+    }
+    let last = ids.last().cloned().unwrap_or_else(|| previous.to_string());
+    sqlx::query_scalar(INSERT_AND_ADVANCE)
         .bind(&map_ids)
         .bind(&ids)
         .bind(&types)
         .bind(&sources)
         .bind(&payloads)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
+        .bind(last)
+        .bind(previous.to_string())
+        .fetch_one(executor)
+        .await
 }
 
 super::impl_store!(PgStore);

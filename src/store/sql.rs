@@ -6,6 +6,10 @@ pub const PING: &str = "SELECT 1";
 pub const SELECT_MAPS: &str = "SELECT id, slug, name, created_ms, max_connections, \
      max_connections_per_key FROM maps ORDER BY id";
 pub const SELECT_KEYS: &str = "SELECT id, map_id, key_hash, created_ms FROM api_keys ORDER BY id";
+pub const FIND_MAP: &str = "SELECT id, slug, name, created_ms, max_connections, \
+     max_connections_per_key FROM maps WHERE id = $1 OR slug = $1";
+pub const FIND_KEY: &str =
+    "SELECT id, map_id, key_hash, created_ms FROM api_keys WHERE key_hash = $1";
 pub const INSERT_MAP: &str = "INSERT INTO maps (id, slug, name, created_ms, max_connections, \
      max_connections_per_key) VALUES ($1, $2, $3, $4, $5, $6)";
 pub const INSERT_KEY: &str =

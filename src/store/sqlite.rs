@@ -8,8 +8,11 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::StoreError;
-use crate::event::SharedEvent;
+use std::sync::{Mutex, PoisonError};
+
+use ulid::Ulid;
+
+use super::{assign_ids, ulid_column, Commit, Publication, StoreError};
 
 /// WAL allows concurrent readers; writes serialize on the file anyway.
 const MAX_CONNECTIONS: u32 = 4;
@@ -24,10 +27,21 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: SqlitePool,
+    /// The newest id handed out; `None` until the first commit reads it.
+    // A std Mutex: held for a copy, never across an `.await`.
+    last_id: Mutex<Option<Ulid>>,
 }
 
 impl SqliteStore {
     const PACKED_AFTER: (&'static str, &'static str) = super::sql::SQLITE_AFTER;
+
+    /// The database file (`None` for an in-memory database).
+    pub fn file(url: &str) -> Option<std::path::PathBuf> {
+        let options = SqliteConnectOptions::from_str(url).ok()?;
+        let file = options.get_filename();
+        (!file.as_os_str().is_empty() && file != std::path::Path::new(":memory:"))
+            .then(|| file.to_path_buf())
+    }
 
     /// Opens (and creates when missing) the database file of `url`.
     ///
@@ -51,7 +65,11 @@ impl SqliteStore {
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options)
             .await?;
-        Ok(Self { pool, writer })
+        Ok(Self {
+            pool,
+            writer,
+            last_id: Mutex::new(None),
+        })
     }
 
     async fn run_migrations(&self) -> Result<(), StoreError> {
@@ -61,8 +79,35 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
     }
 
-    async fn insert_batch(&self, events: &[SharedEvent]) -> Result<(), sqlx::Error> {
+    /// Commits a group in one transaction. herald on SQLite is one process
+    /// (see `server::lock_sqlite`), so the newest id handed out is known
+    /// here: read once, then kept, also past a commit whose answer was lost.
+    async fn commit_group(
+        &self,
+        after: Ulid,
+        now_ms: u64,
+        publications: &[Publication],
+    ) -> Result<Result<Commit, StoreError>, sqlx::Error> {
         let mut tx = self.writer.begin().await?;
+        let known = *self.last_id.lock().unwrap_or_else(PoisonError::into_inner);
+        let stored = match known {
+            Some(id) => id,
+            None => {
+                let newest: Option<String> = sqlx::query_scalar(super::sql::NEWEST_ANY)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                match newest.as_deref().map(ulid_column).transpose() {
+                    Ok(newest) => newest.unwrap_or_default(),
+                    Err(err) => return Ok(Err(err)),
+                }
+            }
+        };
+        let previous = stored.max(after);
+        let events = assign_ids(previous, now_ms, publications);
+        if let Some(last) = events.last() {
+            // Kept even if the commit fails: its ids are never given again.
+            *self.last_id.lock().unwrap_or_else(PoisonError::into_inner) = Some(last.id);
+        }
         for chunk in events.chunks(INSERT_CHUNK) {
             let sql = multi_row_insert(chunk.len());
             let mut query = sqlx::query(&sql);
@@ -76,7 +121,8 @@ impl SqliteStore {
             }
             query.execute(&mut *tx).await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(Ok(Commit { previous, events }))
     }
 }
 

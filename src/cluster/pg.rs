@@ -1,0 +1,582 @@
+//! The cluster's PostgreSQL side: the nodes table and its heartbeat, the
+//! cluster-wide connection slots (`herald_admit`), and the `herald`
+//! notification channel — sent after commits (coalesced), listened to on a
+//! connection of its own that is re-established whenever it drops.
+//!
+//! Messages on the channel (all under 8,000 bytes): `e:<id>` events were
+//! committed through `<id>`; `d` the directory changed (sent by a trigger,
+//! so `herald map create` sends it too); `c:<id>` a stream is to be closed.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::Row as _;
+use tokio::sync::{mpsc, watch};
+use ulid::Ulid;
+
+use super::{ConnectionView, NodeView, Signal};
+use crate::connections::ConnectionInfo;
+use crate::store::offload::StoreRuntime;
+use crate::store::{timed, ulid_column, StoreError};
+
+/// The notification channel.
+const CHANNEL: &str = "herald";
+/// Connections for admissions, releases, heartbeats and admin views.
+const MAX_CONNECTIONS: u32 = 8;
+/// A connect waits this long for a pooled connection at most.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause between attempts to re-establish the listening connection.
+const RELISTEN_PAUSE: Duration = Duration::from_millis(250);
+
+/// The database's clock in milliseconds, in SQL.
+const DB_NOW: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+
+/// The cluster tables of one database, used by one node.
+pub struct PgCluster {
+    pool: PgPool,
+    listen_options: PgConnectOptions,
+    runtime: Arc<StoreRuntime>,
+    /// The newest id this node committed, for the notifier task.
+    committed: watch::Sender<Option<Ulid>>,
+    node_timeout_ms: i64,
+}
+
+fn ulids(ids: &[Ulid]) -> Vec<String> {
+    ids.iter().map(Ulid::to_string).collect()
+}
+
+fn opt_ulid(text: Option<String>) -> Result<Option<Ulid>, StoreError> {
+    text.as_deref().map(ulid_column).transpose()
+}
+
+impl PgCluster {
+    /// Prepares the pools of node `name` (nothing is dialled yet).
+    ///
+    /// # Errors
+    /// A malformed URL.
+    pub fn new(
+        url: &str,
+        name: &str,
+        node_timeout: Duration,
+        runtime: Arc<StoreRuntime>,
+    ) -> Result<Self, StoreError> {
+        let options =
+            PgConnectOptions::from_str(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone().application_name(&format!("herald:{name}")));
+        let listen_options = options.application_name(&format!("herald-listen:{name}"));
+        Ok(Self {
+            pool,
+            listen_options,
+            runtime,
+            committed: watch::channel(None).0,
+            node_timeout_ms: i64::try_from(node_timeout.as_millis()).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// Runs `call` with the pool on the store runtime, with the store timeout.
+    async fn run<T, F>(&self, call: impl FnOnce(PgPool) -> F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+    {
+        let call = call(self.pool.clone());
+        self.runtime.run(async move { timed(call).await }).await
+    }
+
+    /// Adds this node to the nodes table; returns the database's time.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn register(&self, id: Ulid, name: &str) -> Result<i64, StoreError> {
+        let (id, name) = (id.to_string(), name.to_owned());
+        self.run(|pool| async move {
+            sqlx::query_scalar(&format!(
+                "INSERT INTO nodes (id, name, started_ms, last_seen_ms) \
+                 VALUES ($1, $2, {DB_NOW}, {DB_NOW}) RETURNING started_ms"
+            ))
+            .bind(id)
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+        })
+        .await
+    }
+
+    /// Says this node is alive, with its counters. Returns the database's
+    /// time, or `None` when the node's row is gone (it was taken for dead).
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn heartbeat(
+        &self,
+        id: Ulid,
+        published: u64,
+        delivered: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        let id = id.to_string();
+        self.run(|pool| async move {
+            sqlx::query_scalar(&format!(
+                "UPDATE nodes SET last_seen_ms = {DB_NOW}, published = $2, delivered = $3 \
+                 WHERE id = $1 RETURNING last_seen_ms"
+            ))
+            .bind(id)
+            .bind(i64::try_from(published).unwrap_or(i64::MAX))
+            .bind(i64::try_from(delivered).unwrap_or(i64::MAX))
+            .fetch_optional(&pool)
+            .await
+        })
+        .await
+    }
+
+    /// Puts a node taken for dead back, with its open streams.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn reregister(
+        &self,
+        id: Ulid,
+        name: &str,
+        started_ms: i64,
+        streams: &[Arc<ConnectionInfo>],
+    ) -> Result<(), StoreError> {
+        let (node, name) = (id.to_string(), name.to_owned());
+        let ids: Vec<String> = streams.iter().map(|c| c.id.to_string()).collect();
+        let maps: Vec<Option<String>> = streams
+            .iter()
+            .map(|c| c.map_id.map(|m| m.to_string()))
+            .collect();
+        let keys: Vec<Option<String>> = streams
+            .iter()
+            .map(|c| c.key_id.map(|k| k.to_string()))
+            .collect();
+        let remotes: Vec<String> = streams.iter().map(|c| c.remote_addr.clone()).collect();
+        let since: Vec<i64> = streams.iter().map(|c| c.connected_ms).collect();
+        let filters: Vec<String> = streams.iter().map(|c| c.filter.clone()).collect();
+        self.run(|pool| async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query(&format!(
+                "INSERT INTO nodes (id, name, started_ms, last_seen_ms) \
+                 VALUES ($1, $2, $3, {DB_NOW}) ON CONFLICT (id) DO NOTHING"
+            ))
+            .bind(&node)
+            .bind(name)
+            .bind(started_ms)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO connections \
+                 (id, node_id, map_id, key_id, remote_addr, connected_ms, filter) \
+                 SELECT u.id, $1, u.map_id, u.key_id, u.remote, u.since, u.filter \
+                 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
+                 $7::text[]) AS u (id, map_id, key_id, remote, since, filter) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&node)
+            .bind(ids)
+            .bind(maps)
+            .bind(keys)
+            .bind(remotes)
+            .bind(since)
+            .bind(filters)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        })
+        .await
+    }
+
+    /// Removes nodes silent for longer than the node timeout, and with them
+    /// their streams' slots. Returns how many nodes were removed.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn reap(&self) -> Result<u64, StoreError> {
+        let timeout = self.node_timeout_ms;
+        self.run(|pool| async move {
+            sqlx::query(&format!(
+                "DELETE FROM nodes WHERE last_seen_ms < {DB_NOW} - $1"
+            ))
+            .bind(timeout)
+            .execute(&pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .await
+    }
+
+    /// Records how many events this node's streams were sent.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn record_sent(&self, sent: &[(Ulid, u64)]) -> Result<(), StoreError> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = sent.iter().map(|(id, _)| id.to_string()).collect();
+        let counts: Vec<i64> = sent
+            .iter()
+            .map(|(_, n)| i64::try_from(*n).unwrap_or(i64::MAX))
+            .collect();
+        self.run(|pool| async move {
+            sqlx::query(
+                "UPDATE connections c SET events_sent = u.sent \
+                 FROM UNNEST($1::text[], $2::bigint[]) AS u (id, sent) WHERE c.id = u.id",
+            )
+            .bind(ids)
+            .bind(counts)
+            .execute(&pool)
+            .await
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// The directory's version (see the `directory_version` table).
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn directory_version(&self) -> Result<i64, StoreError> {
+        self.run(|pool| async move {
+            sqlx::query_scalar("SELECT version FROM directory_version")
+                .fetch_one(&pool)
+                .await
+        })
+        .await
+    }
+
+    /// Streams of this node that an admin asked (on any node) to close.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn close_requests(&self, node: Ulid) -> Result<Vec<Ulid>, StoreError> {
+        let node = node.to_string();
+        let ids: Vec<String> = self
+            .run(|pool| async move {
+                sqlx::query_scalar(
+                    "SELECT id FROM connections WHERE node_id = $1 AND close_requested",
+                )
+                .bind(node)
+                .fetch_all(&pool)
+                .await
+            })
+            .await?;
+        ids.iter().map(|id| ulid_column(id)).collect()
+    }
+
+    /// Takes a cluster-wide slot for a stream: `ok`, or which check refused
+    /// it (`map`, `key`, `gone`). `ignored`: this node's ended streams
+    /// whose rows are still to be deleted.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn admit(
+        &self,
+        node: Ulid,
+        info: &ConnectionInfo,
+        defaults: (u64, u64),
+        ignored: &[Ulid],
+    ) -> Result<String, StoreError> {
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let query = sqlx::query_scalar::<_, String>(
+            "SELECT herald_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(info.id.to_string())
+        .bind(node.to_string())
+        .bind(info.map_id.map(|m| m.to_string()))
+        .bind(info.key_id.map(|k| k.to_string()))
+        .bind(info.remote_addr.clone())
+        .bind(info.connected_ms)
+        .bind(info.filter.clone())
+        .bind(clamp(defaults.0))
+        .bind(clamp(defaults.1))
+        .bind(self.node_timeout_ms)
+        .bind(ulids(ignored));
+        self.run(|pool| async move { query.fetch_one(&pool).await })
+            .await
+    }
+
+    /// Frees the slots of ended streams.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn release(&self, ids: &[Ulid]) -> Result<(), StoreError> {
+        let ids = ulids(ids);
+        self.run(|pool| async move {
+            sqlx::query("DELETE FROM connections WHERE id = ANY($1)")
+                .bind(ids)
+                .execute(&pool)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Live nodes, oldest first.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, StoreError> {
+        let timeout = self.node_timeout_ms;
+        let rows = self
+            .run(|pool| async move {
+                sqlx::query(&format!(
+                    "SELECT n.id, n.name, n.started_ms, n.last_seen_ms, n.published, \
+                     n.delivered, (SELECT count(*) FROM connections c WHERE c.node_id = n.id) \
+                     AS streams FROM nodes n WHERE n.last_seen_ms > {DB_NOW} - $1 \
+                     ORDER BY n.started_ms, n.id"
+                ))
+                .bind(timeout)
+                .fetch_all(&pool)
+                .await
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(NodeView {
+                    id: ulid_column(row.try_get("id")?)?,
+                    name: row.try_get("name")?,
+                    started_ms: row.try_get("started_ms")?,
+                    last_seen_ms: row.try_get("last_seen_ms")?,
+                    connections: u64::try_from(row.try_get::<i64, _>("streams")?).unwrap_or(0),
+                    published: u64::try_from(row.try_get::<i64, _>("published")?).unwrap_or(0),
+                    delivered: u64::try_from(row.try_get::<i64, _>("delivered")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Streams of live nodes (optionally of one map), by id: the total and
+    /// one page.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn connections(
+        &self,
+        map: Option<Ulid>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(u64, Vec<ConnectionView>), StoreError> {
+        let timeout = self.node_timeout_ms;
+        let map = map.map(|m| m.to_string());
+        let clamp = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let (limit, offset) = (clamp(limit), clamp(offset));
+        let live = format!(
+            "FROM connections c JOIN nodes n ON n.id = c.node_id \
+             WHERE n.last_seen_ms > {DB_NOW} - $1 AND ($2::text IS NULL OR c.map_id = $2)"
+        );
+        let (total, rows) = self
+            .run(|pool| async move {
+                let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) {live}"))
+                    .bind(timeout)
+                    .bind(&map)
+                    .fetch_one(&pool)
+                    .await?;
+                let rows = sqlx::query(&format!(
+                    "SELECT c.id, c.node_id, n.name, c.map_id, c.key_id, c.remote_addr, \
+                     c.connected_ms, c.filter, c.events_sent {live} \
+                     ORDER BY c.id LIMIT $3 OFFSET $4"
+                ))
+                .bind(timeout)
+                .bind(&map)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(&pool)
+                .await?;
+                Ok((total, rows))
+            })
+            .await?;
+        let items = rows
+            .iter()
+            .map(|row| {
+                Ok(ConnectionView {
+                    id: ulid_column(row.try_get("id")?)?,
+                    node_id: ulid_column(row.try_get("node_id")?)?,
+                    node: row.try_get("name")?,
+                    map_id: opt_ulid(row.try_get("map_id")?)?,
+                    key_id: opt_ulid(row.try_get("key_id")?)?,
+                    remote_addr: row.try_get("remote_addr")?,
+                    connected_ms: row.try_get("connected_ms")?,
+                    filter: row.try_get("filter")?,
+                    events_sent: u64::try_from(row.try_get::<i64, _>("events_sent")?).unwrap_or(0),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((u64::try_from(total).unwrap_or(0), items))
+    }
+
+    /// Open streams of live nodes per (map, key).
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn usage(&self) -> Result<Vec<(Option<Ulid>, Option<Ulid>, u64)>, StoreError> {
+        let timeout = self.node_timeout_ms;
+        let rows = self
+            .run(|pool| async move {
+                sqlx::query(&format!(
+                    "SELECT c.map_id, c.key_id, count(*) AS streams \
+                     FROM connections c JOIN nodes n ON n.id = c.node_id \
+                     WHERE n.last_seen_ms > {DB_NOW} - $1 GROUP BY c.map_id, c.key_id"
+                ))
+                .bind(timeout)
+                .fetch_all(&pool)
+                .await
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    opt_ulid(row.try_get("map_id")?)?,
+                    opt_ulid(row.try_get("key_id")?)?,
+                    u64::try_from(row.try_get::<i64, _>("streams")?).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    /// Asks the node holding a stream to close it. Returns whether a live
+    /// node holds it.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn request_close(&self, id: Ulid) -> Result<bool, StoreError> {
+        let timeout = self.node_timeout_ms;
+        let id = id.to_string();
+        self.run(|pool| async move {
+            let found = sqlx::query(&format!(
+                "UPDATE connections SET close_requested = TRUE WHERE id = $1 AND node_id IN \
+                 (SELECT id FROM nodes WHERE last_seen_ms > {DB_NOW} - $2)"
+            ))
+            .bind(&id)
+            .bind(timeout)
+            .execute(&pool)
+            .await?
+            .rows_affected()
+                > 0;
+            if found {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(format!("c:{id}"))
+                    .execute(&pool)
+                    .await?;
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    /// Removes this node (and its streams' slots): it is shutting down.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn leave(&self, id: Ulid) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.run(|pool| async move {
+            sqlx::query("DELETE FROM nodes WHERE id = $1")
+                .bind(id)
+                .execute(&pool)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Tells the other nodes that events through `last` are committed. The
+    /// notification is sent after the commit, by a task that coalesces: at
+    /// most one is in flight, and it names the newest id.
+    pub fn committed(&self, last: Ulid) {
+        self.committed.send_replace(Some(last));
+    }
+
+    /// Starts the notifier and the listener; `signals` receives what the
+    /// listener hears, and [`Signal::Resync`] after every (re)connect.
+    pub fn start(&self, signals: mpsc::UnboundedSender<Signal>) {
+        let mut committed = self.committed.subscribe();
+        let pool = self.pool.clone();
+        self.runtime.spawn(async move {
+            while committed.changed().await.is_ok() {
+                let Some(last) = *committed.borrow_and_update() else {
+                    continue;
+                };
+                let sent = timed(
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(CHANNEL)
+                        .bind(format!("e:{last}"))
+                        .execute(&pool),
+                )
+                .await;
+                if let Err(err) = sent {
+                    // The others' ticks find the events anyway.
+                    log::debug!("cannot notify a commit: {err}");
+                }
+            }
+        });
+        let options = self.listen_options.clone();
+        self.runtime.spawn(listen_forever(options, signals));
+    }
+}
+
+/// Listens on the channel; whenever the connection is (re)established,
+/// sends [`Signal::Resync`] after `LISTEN` took effect, so no commit falls
+/// between what a catch-up read sees and what is notified.
+async fn listen_forever(options: PgConnectOptions, signals: mpsc::UnboundedSender<Signal>) {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_lazy_with(options);
+    let mut lost = false;
+    loop {
+        let listening = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match listening.await {
+            Ok(listener) => listener,
+            Err(err) => {
+                if !lost {
+                    log::warn!("cluster: cannot listen for notifications: {err}");
+                    lost = true;
+                }
+                tokio::time::sleep(RELISTEN_PAUSE).await;
+                continue;
+            }
+        };
+        if std::mem::replace(&mut lost, false) {
+            log::info!("cluster: listening for notifications again");
+        }
+        if signals.send(Signal::Resync).is_err() {
+            return;
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    let Some(signal) = Signal::parse(notification.payload()) else {
+                        continue;
+                    };
+                    if signals.send(signal).is_err() {
+                        return;
+                    }
+                }
+                // Reconnected by sqlx, `LISTEN` included: notifications
+                // sent meanwhile are lost, so read what they announced.
+                Ok(None) => {
+                    if signals.send(Signal::Resync).is_err() {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    log::warn!("cluster: notification connection lost: {err}");
+                    lost = true;
+                    break;
+                }
+            }
+        }
+    }
+}
