@@ -175,7 +175,11 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
     let server = builder.run();
 
     cluster.start(&state);
-    actix_web::rt::spawn(prune_forever(Arc::clone(&store), Arc::clone(&settings)));
+    actix_web::rt::spawn(prune_forever(
+        Arc::clone(&store),
+        Arc::clone(&settings),
+        Arc::clone(&cluster),
+    ));
     actix_web::rt::spawn(sweep_rate_limits(Arc::clone(&state.rate_limiter)));
     actix_web::rt::spawn(stop_on_signal(state, server.handle()));
     server.await?;
@@ -301,13 +305,14 @@ async fn wait_for_signal() {
     }
 }
 
-async fn prune_forever(store: SharedStore, settings: Arc<Settings>) {
+async fn prune_forever(store: SharedStore, settings: Arc<Settings>, cluster: Arc<Cluster>) {
     let history = &settings.history;
     let mut interval =
         tokio::time::interval(Duration::from_secs(history.prune_interval_secs.max(1)));
     loop {
         interval.tick().await;
-        let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+        // The database's clock: every node cuts at the same age.
+        let now_ms = cluster.now_ms();
         let cutoff = Ulid::from_parts(
             now_ms.saturating_sub(history.retention_secs.saturating_mul(1000)),
             0,

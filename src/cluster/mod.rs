@@ -353,24 +353,34 @@ impl Cluster {
         actix_web::rt::spawn(Arc::clone(self).release_forever());
     }
 
-    /// Acts on what the listener hears.
-    async fn follow(
-        self: Arc<Self>,
-        mut signals: mpsc::UnboundedReceiver<Signal>,
-        state: AppState,
-    ) {
-        while let Some(signal) = signals.recv().await {
-            match signal {
-                Signal::Events(upto) => state.feed.wake(upto),
-                Signal::Directory => reload_directory(&state).await,
-                Signal::Close(id) => {
+    /// Acts on what the listener hears; what arrived together is acted on
+    /// once (a burst of directory changes is one reload).
+    async fn follow(self: Arc<Self>, mut signals: mpsc::UnboundedReceiver<Signal>, state: AppState) {
+        let mut batch = Vec::new();
+        while signals.recv_many(&mut batch, 1024).await > 0 {
+            let resync = batch.contains(&Signal::Resync);
+            let events = batch
+                .iter()
+                .filter_map(|s| match s {
+                    Signal::Events(upto) => Some(*upto),
+                    _ => None,
+                })
+                .reduce(|a, b| a.zip(b).map(|(a, b)| a.max(b)));
+            if resync {
+                state.feed.wake(None);
+            } else if let Some(upto) = events {
+                state.feed.wake(upto);
+            }
+            if resync || batch.contains(&Signal::Directory) {
+                reload_directory(&state).await;
+            }
+            for signal in batch.drain(..) {
+                if let Signal::Close(id) = signal {
                     state.connections.close(id, CloseReason::AdminClosed);
                 }
-                Signal::Resync => {
-                    state.feed.wake(None);
-                    reload_directory(&state).await;
-                    self.close_requested(&state).await;
-                }
+            }
+            if resync {
+                self.close_requested(&state).await;
             }
         }
     }

@@ -54,7 +54,13 @@ impl PgStore {
         let reads = options.clone().options([("enable_bitmapscan", "off")]);
         Ok(Self {
             pool: lazy_pool(MAX_CONNECTIONS, reads),
-            writer: lazy_pool(WRITER_CONNECTIONS, options),
+            // A commit abandoned by its timeout between statements would
+            // keep the id clock locked, for every node, until its
+            // connection is used again: PostgreSQL ends such a session.
+            writer: lazy_pool(
+                WRITER_CONNECTIONS,
+                options.options([("idle_in_transaction_session_timeout", "5s")]),
+            ),
         })
     }
 
