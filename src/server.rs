@@ -147,9 +147,10 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
         persistence,
         cluster: Arc::clone(&cluster),
         metrics,
-        sse_tokens: Arc::new(SseTokens::new(Duration::from_secs(
-            settings.auth.sse_token_ttl_secs,
-        ))),
+        sse_tokens: Arc::new(SseTokens::shared(
+            Duration::from_secs(settings.auth.sse_token_ttl_secs),
+            Arc::clone(&cluster),
+        )),
         rate_limiter: Arc::new(RateLimiter::new(&settings.limits)),
     };
 

@@ -1,6 +1,8 @@
 //! Single-use SSE tokens for browsers (EventSource cannot send headers):
-//! minted with a map key, stored hashed in memory, consumed on first use,
-//! expired after `auth.sse_token_ttl_secs`.
+//! minted with a map key, stored hashed, consumed on first use, expired
+//! after `auth.sse_token_ttl_secs`. A single node keeps them in memory; in
+//! a cluster they are stored in the database, so a token minted on one node
+//! opens a stream on any.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -10,6 +12,8 @@ use tokio::time::Instant;
 use ulid::Ulid;
 
 use crate::auth::{generate_secret, hash_secret, SecretHash};
+use crate::cluster::Cluster;
+use crate::store::StoreError;
 
 /// What a token grants: one stream of one map, counted against its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,14 +28,56 @@ pub struct SseTokens {
     ttl: Duration,
     // A std Mutex: insert and remove only, never across an `.await`.
     tokens: Mutex<HashMap<SecretHash, (TokenGrant, Instant)>>,
+    cluster: Option<std::sync::Arc<Cluster>>,
 }
 
 impl SseTokens {
-    /// Tokens that live `ttl`.
+    /// Tokens that live `ttl`, kept in memory.
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
             tokens: Mutex::default(),
+            cluster: None,
+        }
+    }
+
+    /// Tokens that live `ttl`, kept where every node of `cluster` finds
+    /// them (in memory on a single node).
+    pub fn shared(ttl: Duration, cluster: std::sync::Arc<Cluster>) -> Self {
+        Self {
+            cluster: Some(cluster),
+            ..Self::new(ttl)
+        }
+    }
+
+    /// Mints a token, in the cluster's database when there is one.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn mint(&self, grant: TokenGrant) -> Result<String, StoreError> {
+        if let Some(cluster) = &self.cluster {
+            let token = generate_secret("st_");
+            if cluster
+                .issue_token(&hash_secret(&token), grant, self.ttl)
+                .await?
+            {
+                return Ok(token);
+            }
+        }
+        Ok(self.issue(grant))
+    }
+
+    /// Consumes a token minted by [`SseTokens::mint`] on any node.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn consume(&self, token: &str) -> Result<Option<TokenGrant>, StoreError> {
+        if let Some(grant) = self.redeem(token) {
+            return Ok(Some(grant));
+        }
+        match &self.cluster {
+            Some(cluster) => cluster.redeem_token(&hash_secret(token)).await,
+            None => Ok(None),
         }
     }
 

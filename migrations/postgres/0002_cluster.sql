@@ -115,3 +115,14 @@ BEGIN
     RETURN 'ok';
 END
 $$;
+
+-- Single-use SSE tokens, so a browser may mint a token on one node and open
+-- its stream on another. Only hashes are stored; a revoked key's tokens go
+-- with it.
+CREATE TABLE sse_tokens (
+    token_hash TEXT PRIMARY KEY,
+    map_id TEXT COLLATE "C" NOT NULL REFERENCES maps (id) ON DELETE CASCADE,
+    key_id TEXT COLLATE "C" REFERENCES api_keys (id) ON DELETE CASCADE,
+    expires_ms BIGINT NOT NULL
+);
+CREATE INDEX sse_tokens_key_id ON sse_tokens (key_id);

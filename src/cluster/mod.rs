@@ -20,9 +20,11 @@ use tokio::sync::mpsc;
 use ulid::Ulid;
 
 use crate::actors::session::CloseReason;
+use crate::auth::SecretHash;
 use crate::config::{ClusterSettings, LimitSettings};
 use crate::connections::{ConnectionInfo, ConnectionTable, LimitExceeded, ReleaseQueue};
 use crate::event::parse_ulid;
+use crate::sse_tokens::TokenGrant;
 use crate::state::AppState;
 use crate::store::offload::StoreRuntime;
 use crate::store::StoreError;
@@ -331,6 +333,36 @@ impl Cluster {
         }
     }
 
+    /// Stores an SSE token where every node can redeem it. `false` on a
+    /// single node: tokens stay in its memory.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn issue_token(
+        &self,
+        hash: &SecretHash,
+        grant: TokenGrant,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let Some(shared) = &self.shared else {
+            return Ok(false);
+        };
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        shared.issue_token(hash, grant, ttl_ms).await?;
+        Ok(true)
+    }
+
+    /// Consumes an SSE token stored by [`Cluster::issue_token`] on any node.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn redeem_token(&self, hash: &SecretHash) -> Result<Option<TokenGrant>, StoreError> {
+        match &self.shared {
+            Some(shared) => shared.redeem_token(hash).await,
+            None => Ok(None),
+        }
+    }
+
     /// Leaves the cluster (shutdown): this node's slots are freed at once.
     pub async fn leave(&self) {
         if let Some(shared) = &self.shared {
@@ -355,7 +387,11 @@ impl Cluster {
 
     /// Acts on what the listener hears; what arrived together is acted on
     /// once (a burst of directory changes is one reload).
-    async fn follow(self: Arc<Self>, mut signals: mpsc::UnboundedReceiver<Signal>, state: AppState) {
+    async fn follow(
+        self: Arc<Self>,
+        mut signals: mpsc::UnboundedReceiver<Signal>,
+        state: AppState,
+    ) {
         let mut batch = Vec::new();
         while signals.recv_many(&mut batch, 1024).await > 0 {
             let resync = batch.contains(&Signal::Resync);
@@ -437,6 +473,9 @@ impl Cluster {
             }
             if let Ok(n @ 1..) = shared.reap().await {
                 log::info!("removed {n} dead node(s) and their streams' slots");
+            }
+            if let Err(err) = shared.prune_tokens().await {
+                log::debug!("cannot forget expired SSE tokens: {err}");
             }
             let streams = state.connections.all();
             let changed: Vec<(Ulid, u64)> = streams

@@ -1,5 +1,5 @@
 //! The cluster's PostgreSQL side: the nodes table and its heartbeat, the
-//! cluster-wide connection slots (`herald_admit`), and the `herald`
+//! cluster-wide connection slots (`herald_admit`), SSE tokens, and the `herald`
 //! notification channel — sent after commits (coalesced), listened to on a
 //! connection of its own that is re-established whenever it drops.
 //!
@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, watch};
 use ulid::Ulid;
 
 use super::{ConnectionView, NodeView, Signal};
+use crate::auth::{hash_hex, SecretHash};
 use crate::connections::ConnectionInfo;
+use crate::sse_tokens::TokenGrant;
 use crate::store::offload::StoreRuntime;
 use crate::store::{timed, ulid_column, StoreError};
 
@@ -31,7 +33,11 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 const RELISTEN_PAUSE: Duration = Duration::from_millis(250);
 
 /// The database's clock in milliseconds, in SQL.
-const DB_NOW: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+macro_rules! db_now {
+    () => {
+        "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
+    };
+}
 
 /// The cluster tables of one database, used by one node.
 pub struct PgCluster {
@@ -95,9 +101,13 @@ impl PgCluster {
     pub async fn register(&self, id: Ulid, name: &str) -> Result<i64, StoreError> {
         let (id, name) = (id.to_string(), name.to_owned());
         self.run(|pool| async move {
-            sqlx::query_scalar(&format!(
+            sqlx::query_scalar(concat!(
                 "INSERT INTO nodes (id, name, started_ms, last_seen_ms) \
-                 VALUES ($1, $2, {DB_NOW}, {DB_NOW}) RETURNING started_ms"
+                 VALUES ($1, $2, ",
+                db_now!(),
+                ", ",
+                db_now!(),
+                ") RETURNING started_ms"
             ))
             .bind(id)
             .bind(name)
@@ -120,8 +130,10 @@ impl PgCluster {
     ) -> Result<Option<i64>, StoreError> {
         let id = id.to_string();
         self.run(|pool| async move {
-            sqlx::query_scalar(&format!(
-                "UPDATE nodes SET last_seen_ms = {DB_NOW}, published = $2, delivered = $3 \
+            sqlx::query_scalar(concat!(
+                "UPDATE nodes SET last_seen_ms = ",
+                db_now!(),
+                ", published = $2, delivered = $3 \
                  WHERE id = $1 RETURNING last_seen_ms"
             ))
             .bind(id)
@@ -159,9 +171,11 @@ impl PgCluster {
         let filters: Vec<String> = streams.iter().map(|c| c.filter.clone()).collect();
         self.run(|pool| async move {
             let mut tx = pool.begin().await?;
-            sqlx::query(&format!(
+            sqlx::query(concat!(
                 "INSERT INTO nodes (id, name, started_ms, last_seen_ms) \
-                 VALUES ($1, $2, $3, {DB_NOW}) ON CONFLICT (id) DO NOTHING"
+                 VALUES ($1, $2, $3, ",
+                db_now!(),
+                ") ON CONFLICT (id) DO NOTHING"
             ))
             .bind(&node)
             .bind(name)
@@ -198,8 +212,10 @@ impl PgCluster {
     pub async fn reap(&self) -> Result<u64, StoreError> {
         let timeout = self.node_timeout_ms;
         self.run(|pool| async move {
-            sqlx::query(&format!(
-                "DELETE FROM nodes WHERE last_seen_ms < {DB_NOW} - $1"
+            sqlx::query(concat!(
+                "DELETE FROM nodes WHERE last_seen_ms < ",
+                db_now!(),
+                " - $1"
             ))
             .bind(timeout)
             .execute(&pool)
@@ -324,10 +340,12 @@ impl PgCluster {
         let timeout = self.node_timeout_ms;
         let rows = self
             .run(|pool| async move {
-                sqlx::query(&format!(
+                sqlx::query(concat!(
                     "SELECT n.id, n.name, n.started_ms, n.last_seen_ms, n.published, \
                      n.delivered, (SELECT count(*) FROM connections c WHERE c.node_id = n.id) \
-                     AS streams FROM nodes n WHERE n.last_seen_ms > {DB_NOW} - $1 \
+                     AS streams FROM nodes n WHERE n.last_seen_ms > ",
+                    db_now!(),
+                    " - $1 \
                      ORDER BY n.started_ms, n.id"
                 ))
                 .bind(timeout)
@@ -365,21 +383,27 @@ impl PgCluster {
         let map = map.map(|m| m.to_string());
         let clamp = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         let (limit, offset) = (clamp(limit), clamp(offset));
-        let live = format!(
-            "FROM connections c JOIN nodes n ON n.id = c.node_id \
-             WHERE n.last_seen_ms > {DB_NOW} - $1 AND ($2::text IS NULL OR c.map_id = $2)"
-        );
+        macro_rules! live {
+            () => {
+                concat!(
+                    "FROM connections c JOIN nodes n ON n.id = c.node_id WHERE n.last_seen_ms > ",
+                    db_now!(),
+                    " - $1 AND ($2::text IS NULL OR c.map_id = $2)"
+                )
+            };
+        }
         let (total, rows) = self
             .run(|pool| async move {
-                let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) {live}"))
+                let total: i64 = sqlx::query_scalar(concat!("SELECT count(*) ", live!()))
                     .bind(timeout)
                     .bind(&map)
                     .fetch_one(&pool)
                     .await?;
-                let rows = sqlx::query(&format!(
+                let rows = sqlx::query(concat!(
                     "SELECT c.id, c.node_id, n.name, c.map_id, c.key_id, c.remote_addr, \
-                     c.connected_ms, c.filter, c.events_sent {live} \
-                     ORDER BY c.id LIMIT $3 OFFSET $4"
+                     c.connected_ms, c.filter, c.events_sent ",
+                    live!(),
+                    " ORDER BY c.id LIMIT $3 OFFSET $4"
                 ))
                 .bind(timeout)
                 .bind(&map)
@@ -417,10 +441,12 @@ impl PgCluster {
         let timeout = self.node_timeout_ms;
         let rows = self
             .run(|pool| async move {
-                sqlx::query(&format!(
+                sqlx::query(concat!(
                     "SELECT c.map_id, c.key_id, count(*) AS streams \
                      FROM connections c JOIN nodes n ON n.id = c.node_id \
-                     WHERE n.last_seen_ms > {DB_NOW} - $1 GROUP BY c.map_id, c.key_id"
+                     WHERE n.last_seen_ms > ",
+                    db_now!(),
+                    " - $1 GROUP BY c.map_id, c.key_id"
                 ))
                 .bind(timeout)
                 .fetch_all(&pool)
@@ -447,9 +473,11 @@ impl PgCluster {
         let timeout = self.node_timeout_ms;
         let id = id.to_string();
         self.run(|pool| async move {
-            let found = sqlx::query(&format!(
+            let found = sqlx::query(concat!(
                 "UPDATE connections SET close_requested = TRUE WHERE id = $1 AND node_id IN \
-                 (SELECT id FROM nodes WHERE last_seen_ms > {DB_NOW} - $2)"
+                 (SELECT id FROM nodes WHERE last_seen_ms > ",
+                db_now!(),
+                " - $2)"
             ))
             .bind(&id)
             .bind(timeout)
@@ -465,6 +493,74 @@ impl PgCluster {
                     .await?;
             }
             Ok(found)
+        })
+        .await
+    }
+
+    /// Stores an SSE token (by its hash) for `ttl_ms` on the database's clock.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn issue_token(
+        &self,
+        hash: &SecretHash,
+        grant: TokenGrant,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError> {
+        let query = sqlx::query(concat!(
+            "INSERT INTO sse_tokens (token_hash, map_id, key_id, expires_ms) \
+             VALUES ($1, $2, $3, ",
+            db_now!(),
+            " + $4)"
+        ))
+        .bind(hash_hex(hash))
+        .bind(grant.map_id.to_string())
+        .bind(grant.key_id.map(|k| k.to_string()))
+        .bind(ttl_ms);
+        self.run(|pool| async move { query.execute(&pool).await.map(|_| ()) })
+            .await
+    }
+
+    /// Consumes an SSE token: what it grants, if it exists and has not
+    /// expired. Deleting it is what makes it single-use, on every node.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn redeem_token(&self, hash: &SecretHash) -> Result<Option<TokenGrant>, StoreError> {
+        let query = sqlx::query(concat!(
+            "DELETE FROM sse_tokens WHERE token_hash = $1 \
+             RETURNING map_id, key_id, expires_ms > ",
+            db_now!(),
+            " AS valid"
+        ))
+        .bind(hash_hex(hash));
+        let row = self
+            .run(|pool| async move { query.fetch_optional(&pool).await })
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        if !row.try_get::<bool, _>("valid")? {
+            return Ok(None);
+        }
+        Ok(Some(TokenGrant {
+            map_id: ulid_column(row.try_get("map_id")?)?,
+            key_id: opt_ulid(row.try_get("key_id")?)?,
+        }))
+    }
+
+    /// Forgets expired SSE tokens.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn prune_tokens(&self) -> Result<(), StoreError> {
+        self.run(|pool| async move {
+            sqlx::query(concat!(
+                "DELETE FROM sse_tokens WHERE expires_ms < ",
+                db_now!(),
+                ""
+            ))
+            .execute(&pool)
+            .await
+            .map(|_| ())
         })
         .await
     }

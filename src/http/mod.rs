@@ -225,9 +225,13 @@ pub async fn authenticate(
             .map(Caller::MapKey)
             .ok_or(ApiError::Unauthorized);
     }
-    sse_token
-        .filter(|t| !t.is_empty())
-        .and_then(|t| state.sse_tokens.redeem(t))
+    let Some(token) = sse_token.filter(|t| !t.is_empty()) else {
+        return Err(ApiError::Unauthorized);
+    };
+    state
+        .sse_tokens
+        .consume(token)
+        .await?
         .map(Caller::SseToken)
         .ok_or(ApiError::Unauthorized)
 }

@@ -63,10 +63,13 @@ pub async fn sse_token(
     if !state.settings.sse.enabled {
         return Err(ApiError::SseDisabled);
     }
-    let token = state.sse_tokens.issue(TokenGrant {
-        map_id: map.id,
-        key_id,
-    });
+    let token = state
+        .sse_tokens
+        .mint(TokenGrant {
+            map_id: map.id,
+            key_id,
+        })
+        .await?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "token": token,
         "expires_in": state.sse_tokens.ttl().as_secs(),
