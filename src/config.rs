@@ -175,6 +175,9 @@ pub struct PublishSettings {
     pub max_body_bytes: usize,
     pub max_event_bytes: usize,
     pub max_batch: usize,
+    /// A day: longer than any sane retry loop, short enough to keep the
+    /// table small.
+    pub idempotency_ttl_secs: u64,
 }
 
 impl Default for PublishSettings {
@@ -183,6 +186,7 @@ impl Default for PublishSettings {
             max_body_bytes: 1 << 20,
             max_event_bytes: 64 << 10,
             max_batch: 1000,
+            idempotency_ttl_secs: 86_400,
         }
     }
 }
@@ -341,6 +345,7 @@ mod tests {
         assert_eq!(s.limits.rate_per_minute, 60);
         assert_eq!(s.publish.max_body_bytes, 1_048_576);
         assert_eq!(s.cors.allowed_origins, vec!["*"]);
+        assert_eq!(s.publish.idempotency_ttl_secs, 86_400);
         assert_eq!(s.cluster.heartbeat_secs, 2);
         assert_eq!(s.cluster.node_timeout_secs, 10);
         assert!(s.cluster.node_name.is_empty());

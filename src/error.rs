@@ -35,6 +35,10 @@ pub enum ApiError {
     InvalidLimits(String),
     #[error("a map with this slug already exists")]
     MapExists,
+    #[error("{0}")]
+    InvalidIdempotencyKey(String),
+    #[error("this Idempotency-Key was used with another request body")]
+    IdempotencyKeyReused,
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("the server holds its maximum number of streams")]
@@ -77,6 +81,8 @@ impl ApiError {
             Self::InvalidSlug(_) => "INVALID_SLUG",
             Self::InvalidLimits(_) => "INVALID_LIMITS",
             Self::MapExists => "MAP_EXISTS",
+            Self::InvalidIdempotencyKey(_) => "INVALID_IDEMPOTENCY_KEY",
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::GlobalConnectionLimit => "GLOBAL_CONNECTION_LIMIT",
             Self::MapConnectionLimit => "MAP_CONNECTION_LIMIT",
@@ -106,10 +112,11 @@ impl ResponseError for ApiError {
             | Self::InvalidQuery(_)
             | Self::InvalidSlug(_)
             | Self::InvalidLimits(_)
+            | Self::InvalidIdempotencyKey(_)
             | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::MapExists => StatusCode::CONFLICT,
+            Self::MapExists | Self::IdempotencyKeyReused => StatusCode::CONFLICT,
             Self::RateLimited { .. }
             | Self::GlobalConnectionLimit
             | Self::MapConnectionLimit

@@ -131,6 +131,7 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
         feed.clone(),
         Arc::clone(&cluster),
         Arc::clone(&metrics),
+        Duration::from_secs(settings.publish.idempotency_ttl_secs),
     );
     let connections = Arc::new(if cluster.is_shared() {
         ConnectionTable::with_release_queue(cluster.release_queue())
@@ -306,6 +307,8 @@ async fn wait_for_signal() {
     }
 }
 
+/// Retention of events and of idempotency keys, every
+/// `history.prune_interval_secs`.
 async fn prune_forever(store: SharedStore, settings: Arc<Settings>, cluster: Arc<Cluster>) {
     let history = &settings.history;
     let mut interval =
@@ -322,6 +325,12 @@ async fn prune_forever(store: SharedStore, settings: Arc<Settings>, cluster: Arc
             Ok(0) => {}
             Ok(n) => log::info!("retention removed {n} events"),
             Err(err) => log::warn!("retention pass failed: {err}"),
+        }
+        let ttl_ms = settings.publish.idempotency_ttl_secs.saturating_mul(1000);
+        match store.prune_idempotency(now_ms.saturating_sub(ttl_ms)).await {
+            Ok(0) => {}
+            Ok(n) => log::info!("forgot {n} expired idempotency keys"),
+            Err(err) => log::warn!("idempotency key expiry failed: {err}"),
         }
     }
 }

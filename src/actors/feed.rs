@@ -47,11 +47,13 @@ impl Cursor {
 /// What a publisher is told once its events are on their way.
 pub type Answer = Box<dyn FnOnce() + Send + Sync>;
 
-/// This node committed `events`; `previous` was the newest id before them.
+/// This node committed `events`; `previous` was the newest id before them,
+/// and ids through `through` are taken (see `store::Commit`).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct LocalCommit {
     pub previous: Ulid,
+    pub through: Ulid,
     pub events: Vec<SharedEvent>,
     pub answer: Answer,
 }
@@ -90,15 +92,11 @@ impl Feed {
     /// Delivers this node's commit directly when it follows the cursor;
     /// else reads the store, which holds it and whatever came before.
     fn deliver_local(&mut self, commit: LocalCommit, ctx: &mut Context<Self>) {
-        let Some(last) = commit.events.last().map(|e| e.id) else {
-            (commit.answer)();
-            return;
-        };
-        if last <= self.cursor {
+        if commit.through <= self.cursor {
             // A store read delivered them already.
             (commit.answer)();
         } else if commit.previous == self.cursor {
-            self.advance(last);
+            self.advance(commit.through);
             self.hubs.deliver(&commit.events, commit.answer);
         } else {
             // Something committed before these is not here yet (another

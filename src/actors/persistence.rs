@@ -20,7 +20,7 @@ use super::feed::{FeedHandle, LocalCommit};
 use crate::cluster::Cluster;
 use crate::event::NewEvent;
 use crate::metrics::Metrics;
-use crate::store::{Publication, SharedStore, StoreError};
+use crate::store::{Idempotency, Outcome, Publication, SharedStore, StoreError};
 
 /// Events per commit at most: bounds one transaction's size and latency.
 const MAX_EVENTS_PER_COMMIT: usize = 10_000;
@@ -28,7 +28,7 @@ const MAX_EVENTS_PER_COMMIT: usize = 10_000;
 /// time out sooner; this only guards against a lost actor).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
 
-type Reply = oneshot::Sender<Result<Vec<Ulid>, StoreError>>;
+type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
 
 struct PendingPublish {
     publication: Publication,
@@ -55,6 +55,7 @@ pub struct Persistence {
     committing: bool,
     /// The newest id this node committed.
     last_id: Ulid,
+    idempotency_ttl_ms: u64,
     flush_waiters: Vec<oneshot::Sender<()>>,
 }
 
@@ -70,30 +71,43 @@ impl Persistence {
             }
             return;
         }
-        let mut publications = Vec::new();
+        let mut publications: Vec<Publication> = Vec::new();
         let mut replies = Vec::new();
         let mut events = 0;
-        while let Some(next) = self.queue.front() {
+        let mut waiting = VecDeque::new();
+        while let Some(next) = self.queue.pop_front() {
             let size = next.publication.events.len();
             if !publications.is_empty() && events + size > MAX_EVENTS_PER_COMMIT {
+                self.queue.push_front(next);
                 break;
             }
-            let Some(publish) = self.queue.pop_front() else {
-                break;
+            // A retry racing its first request goes into the next group,
+            // which then finds the key bound.
+            let same_key = |p: &Publication| {
+                p.map_id == next.publication.map_id
+                    && p.idempotency.is_some()
+                    && p.idempotency == next.publication.idempotency
             };
+            if publications.iter().any(same_key) {
+                waiting.push_back(next);
+                continue;
+            }
             events += size;
-            replies.push((size, publish.reply));
-            publications.push(publish.publication);
+            replies.push(next.reply);
+            publications.push(next.publication);
         }
+        waiting.append(&mut self.queue);
+        self.queue = waiting;
         self.committing = true;
         let store = Arc::clone(&self.store);
         // The newest id known here: right unless another node committed
         // since (the store then reads the truth under its lock).
         let after = self.last_id.max(self.feed.cursor());
         let now_ms = self.cluster.now_ms();
+        let ttl_ms = self.idempotency_ttl_ms;
         let started = std::time::Instant::now();
         ctx.spawn(
-            async move { store.commit(after, now_ms, &publications).await }
+            async move { store.commit(after, now_ms, ttl_ms, &publications).await }
                 .into_actor(self)
                 .map(move |result, this, ctx| {
                     this.committing = false;
@@ -108,17 +122,16 @@ impl Persistence {
                                 this.last_id = this.last_id.max(last.id);
                                 this.cluster.committed(last.id);
                             }
-                            let mut ids = commit.events.iter().map(|e| e.id);
-                            let answers: Vec<(Vec<Ulid>, Reply)> = replies
-                                .into_iter()
-                                .map(|(n, reply)| (ids.by_ref().take(n).collect(), reply))
-                                .collect();
+                            this.last_id = this.last_id.max(commit.through);
+                            let answers: Vec<(Outcome, Reply)> =
+                                commit.outcomes.into_iter().zip(replies).collect();
                             this.feed.committed(LocalCommit {
                                 previous: commit.previous,
+                                through: commit.through,
                                 events: commit.events,
                                 answer: Box::new(move || {
-                                    for (ids, reply) in answers {
-                                        let _ = reply.send(Ok(ids));
+                                    for (outcome, reply) in answers {
+                                        let _ = reply.send(Ok(outcome));
                                     }
                                 }),
                             });
@@ -127,7 +140,7 @@ impl Persistence {
                             this.metrics.store_failures.inc();
                             log::warn!("commit of {events} events failed: {err}");
                             let message = err.to_string();
-                            for (_, reply) in replies {
+                            for reply in replies {
                                 let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
                             }
                         }
@@ -169,17 +182,20 @@ impl Handler<Flush> for Persistence {
 pub struct PersistenceHandle(Addr<Persistence>);
 
 impl PersistenceHandle {
-    /// Starts the actor on the current arbiter.
+    /// Starts the actor on the current arbiter; idempotency keys are
+    /// remembered for `idempotency_ttl`.
     pub fn start(
         store: SharedStore,
         feed: FeedHandle,
         cluster: Arc<Cluster>,
         metrics: Arc<Metrics>,
+        idempotency_ttl: Duration,
     ) -> Self {
         Self(
             Persistence {
                 store,
                 last_id: feed.cursor(),
+                idempotency_ttl_ms: u64::try_from(idempotency_ttl.as_millis()).unwrap_or(u64::MAX),
                 feed,
                 cluster,
                 metrics,
@@ -191,7 +207,8 @@ impl PersistenceHandle {
         )
     }
 
-    /// Commits the events of one request; returns their ids once committed.
+    /// Commits the events of one request; answers once committed (or
+    /// found to be a retry of a committed one).
     ///
     /// # Errors
     /// The store failed or did not answer in time: nothing was acknowledged.
@@ -199,10 +216,15 @@ impl PersistenceHandle {
         &self,
         map_id: Ulid,
         events: Vec<NewEvent>,
-    ) -> Result<Vec<Ulid>, StoreError> {
+        idempotency: Option<Idempotency>,
+    ) -> Result<Outcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.0.do_send(Publish(PendingPublish {
-            publication: Publication { map_id, events },
+            publication: Publication {
+                map_id,
+                events,
+                idempotency,
+            },
             reply,
         }));
         match tokio::time::timeout(PUBLISH_TIMEOUT, answer).await {

@@ -26,7 +26,7 @@ use crate::store::{timed, ulid_column, StoreError};
 /// The notification channel.
 const CHANNEL: &str = "herald";
 /// Connections for admissions, releases, heartbeats and admin views.
-const MAX_CONNECTIONS: u32 = 8;
+const MAX_CONNECTIONS: u32 = 4;
 /// A connect waits this long for a pooled connection at most.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between attempts to re-establish the listening connection.

@@ -2,18 +2,23 @@
 //! (history pages).
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use sha2::{Digest, Sha256};
 use ulid::Ulid;
 
 use super::{authenticate, int_param, query_params, read_body, resolve_map, Caller};
+use crate::auth::hash_hex;
 use crate::error::ApiError;
-use crate::event::{parse_publish_body, parse_ulid, PublishError, PublishLimits};
+use crate::event::{is_valid_name, parse_publish_body, parse_ulid, PublishError, PublishLimits};
 use crate::filter::Filter;
 use crate::state::AppState;
+use crate::store::{Idempotency, Outcome};
 
 /// Events read from the store per history query.
 const HISTORY_SCAN_PAGE: u32 = 500;
 
-/// Publish one event or an array; 201 with the ids once committed.
+/// Publish one event or an array; 201 with the ids once committed. With an
+/// `Idempotency-Key`, a retry of a committed request answers the same ids
+/// and creates nothing.
 pub async fn publish(
     req: HttpRequest,
     path: web::Path<String>,
@@ -26,6 +31,7 @@ pub async fn publish(
         return Err(ApiError::Unauthorized);
     }
     let settings = &state.settings.publish;
+    let key = idempotency_key(&req)?;
     let body = read_body(&req, payload, settings.max_body_bytes).await?;
     let limits = PublishLimits {
         max_event_bytes: settings.max_event_bytes,
@@ -36,9 +42,41 @@ pub async fn publish(
         PublishError::InvalidEvent(m) => ApiError::InvalidEvent(m),
         PublishError::TooLarge(m) => ApiError::PayloadTooLarge(m),
     })?;
-    let ids = state.persistence.publish(map.id, events).await?;
+    let idempotency = key.map(|key| Idempotency {
+        key,
+        body_hash: hash_hex(&Sha256::digest(&body).into()),
+    });
+    let ids = match state
+        .persistence
+        .publish(map.id, events, idempotency)
+        .await?
+    {
+        Outcome::Created(ids) | Outcome::Replayed(ids) => ids,
+        Outcome::KeyReused => return Err(ApiError::IdempotencyKeyReused),
+    };
     let ids: Vec<String> = ids.iter().map(Ulid::to_string).collect();
     Ok(HttpResponse::Created().json(serde_json::json!({ "ids": ids })))
+}
+
+/// The `Idempotency-Key` header: 1–128 characters of `[A-Za-z0-9_.:-]`.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let mut values = req.headers().get_all("idempotency-key");
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::InvalidIdempotencyKey(
+            "Idempotency-Key must be one value of 1 to 128 characters of [A-Za-z0-9_.:-]".into(),
+        )
+    };
+    if values.next().is_some() {
+        return Err(invalid());
+    }
+    let key = value.to_str().map_err(|_| invalid())?;
+    if !is_valid_name(key, false) {
+        return Err(invalid());
+    }
+    Ok(Some(key.to_owned()))
 }
 
 /// A page of stored events after `after`, oldest first.

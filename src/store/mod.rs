@@ -100,16 +100,108 @@ pub type Scope = Option<Ulid>;
 pub struct Publication {
     pub map_id: Ulid,
     pub events: Vec<NewEvent>,
+    /// Its `Idempotency-Key`, if it has one.
+    pub idempotency: Option<Idempotency>,
 }
 
-/// A committed group: its events in id order (the publications' events in
-/// turn), and the newest id committed before them, on any node. When a
-/// node has delivered exactly through `previous`, it may deliver `events`
-/// next without reading the store: nothing can lie between.
+/// An `Idempotency-Key` and the request it was first used with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    /// SHA-256 of the request body, hex: a retry must send the same bytes.
+    pub body_hash: String,
+}
+
+/// What became of one publication of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its events were committed with these ids.
+    Created(Vec<Ulid>),
+    /// A retry: its key was bound to the same body, which created these.
+    Replayed(Vec<Ulid>),
+    /// Its key was bound to another body: nothing was created.
+    KeyReused,
+}
+
+/// A committed group: the events it created, in id order, and the newest
+/// id committed before them, on any node. Ids up to `through` are taken
+/// (a retry's ids are assigned and left unused). When a node has delivered
+/// exactly through `previous`, it may deliver `events` next without reading
+/// the store, and count itself delivered through `through`: nothing can
+/// lie between.
 #[derive(Debug)]
 pub struct Commit {
     pub previous: Ulid,
+    pub through: Ulid,
     pub events: Vec<SharedEvent>,
+    /// One per publication, in order.
+    pub outcomes: Vec<Outcome>,
+}
+
+/// A key bound by an earlier commit, as found by a later one.
+#[derive(Debug, Clone)]
+pub(crate) struct BoundKey {
+    pub map_id: Ulid,
+    pub key: String,
+    pub body_hash: String,
+    pub ids: String,
+}
+
+/// Builds a [`Commit`] from the ids assigned to every publication and the
+/// keys found already bound: a publication whose key was bound creates
+/// nothing and is answered from the binding.
+pub(crate) fn settle(
+    previous: Ulid,
+    publications: &[Publication],
+    assigned: Vec<SharedEvent>,
+    bound: &[BoundKey],
+) -> Result<Commit, StoreError> {
+    let through = assigned.last().map_or(previous, |e| e.id);
+    let mut assigned = assigned.into_iter();
+    let mut events = Vec::new();
+    let mut outcomes = Vec::with_capacity(publications.len());
+    for publication in publications {
+        let mine: Vec<SharedEvent> = assigned.by_ref().take(publication.events.len()).collect();
+        let binding = publication.idempotency.as_ref().and_then(|idem| {
+            bound
+                .iter()
+                .find(|b| b.map_id == publication.map_id && b.key == idem.key)
+                .map(|b| (idem, b))
+        });
+        outcomes.push(match binding {
+            Some((idem, b)) if b.body_hash == idem.body_hash => Outcome::Replayed(
+                b.ids
+                    .split(',')
+                    .filter(|id| !id.is_empty())
+                    .map(ulid_column)
+                    .collect::<Result<_, _>>()?,
+            ),
+            Some(_) => Outcome::KeyReused,
+            None => {
+                let ids = mine.iter().map(|e| e.id).collect();
+                events.extend(mine);
+                Outcome::Created(ids)
+            }
+        });
+    }
+    Ok(Commit {
+        previous,
+        through,
+        events,
+        outcomes,
+    })
+}
+
+/// The ids of one publication's events, as an idempotency binding keeps them.
+pub(crate) fn joined_ids(events: &[SharedEvent]) -> String {
+    let mut text = String::with_capacity(events.len() * 27);
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&event.id.to_string());
+    }
+    text
 }
 
 /// Gives the events of `publications` ids after `previous`, in order: a
@@ -168,14 +260,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits a group of publications atomically, all or nothing, giving
     /// their events ids later than every committed one (see [`Commit`]).
+    /// A publication whose `Idempotency-Key` is bound (by a commit less than
+    /// `idempotency_ttl_ms` old) creates nothing; the others bind theirs.
     /// `after` is the newest id the caller knows of and `now_ms` its best
     /// idea of the time: hints that save a round trip when they are right.
+    /// No two publications of a group may share a map and key.
     async fn commit(
         &self,
         after: Ulid,
         now_ms: u64,
+        idempotency_ttl_ms: u64,
         publications: &[Publication],
     ) -> Result<Commit, StoreError>;
+    /// Forgets idempotency keys bound before `older_than_ms`.
+    async fn prune_idempotency(&self, older_than_ms: u64) -> Result<u64, StoreError>;
     /// The map with this id or slug, read from the store (a map another
     /// process created since the directory was loaded).
     async fn find_map(&self, id_or_slug: &str) -> Result<Option<MapRecord>, StoreError>;
@@ -454,9 +552,29 @@ macro_rules! impl_store {
                 &self,
                 after: ulid::Ulid,
                 now_ms: u64,
+                idempotency_ttl_ms: u64,
                 publications: &[$crate::store::Publication],
             ) -> Result<$crate::store::Commit, $crate::store::StoreError> {
-                $crate::store::timed(self.commit_group(after, now_ms, publications)).await?
+                $crate::store::timed(self.commit_group(
+                    after,
+                    now_ms,
+                    i64::try_from(idempotency_ttl_ms).unwrap_or(i64::MAX),
+                    publications,
+                ))
+                .await?
+            }
+
+            async fn prune_idempotency(
+                &self,
+                older_than_ms: u64,
+            ) -> Result<u64, $crate::store::StoreError> {
+                $crate::store::timed(
+                    sqlx::query($crate::store::sql::PRUNE_IDEMPOTENCY)
+                        .bind(i64::try_from(older_than_ms).unwrap_or(i64::MAX))
+                        .execute(&self.pool),
+                )
+                .await
+                .map(|done| done.rows_affected())
             }
 
             async fn find_map(
@@ -678,10 +796,12 @@ mod tests {
             Publication {
                 map_id: a,
                 events: vec![new("x"), new("y")],
+                idempotency: None,
             },
             Publication {
                 map_id: b,
                 events: vec![new("z")],
+                idempotency: None,
             },
         ];
         // A clock ten minutes behind the newest id.

@@ -146,9 +146,17 @@ impl Store for Offloaded {
         &self,
         after: Ulid,
         now_ms: u64,
+        idempotency_ttl_ms: u64,
         publications: &[Publication],
     ) -> Result<Commit, StoreError> {
-        self.inner.commit(after, now_ms, publications).await
+        self.inner
+            .commit(after, now_ms, idempotency_ttl_ms, publications)
+            .await
+    }
+
+    async fn prune_idempotency(&self, older_than_ms: u64) -> Result<u64, StoreError> {
+        self.run(move |s| async move { s.prune_idempotency(older_than_ms).await })
+            .await
     }
 
     async fn find_map(&self, id_or_slug: &str) -> Result<Option<MapRecord>, StoreError> {

@@ -8,7 +8,11 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use ulid::Ulid;
 
-use super::{assign_ids, ulid_column, Commit, Publication, StoreError};
+use sqlx::Row as _;
+
+use super::{
+    assign_ids, joined_ids, settle, ulid_column, BoundKey, Commit, Publication, StoreError,
+};
 use crate::event::SharedEvent;
 
 /// Connections: enough for group commits, backfills and admin reads at once.
@@ -73,9 +77,10 @@ impl PgStore {
 
     /// Commits a group under the id clock's row lock (see the `id_clock`
     /// migration), held from the clock's update to the commit, so commits
-    /// of every node are serialized and id order is commit order.
+    /// of every node are serialized and id order is commit order. The
+    /// group's idempotency keys are checked and bound under the same lock.
     ///
-    /// First try: one statement with ids after `after`, which inserts only
+    /// First try: one statement with ids after `after`, which writes only
     /// if the clock still says `after` (no other node committed since this
     /// one last heard). Else, a transaction that locks the clock, reads it
     /// and the database's time, and assigns ids from there.
@@ -83,14 +88,20 @@ impl PgStore {
         &self,
         after: Ulid,
         now_ms: u64,
+        idempotency_ttl_ms: i64,
         publications: &[Publication],
     ) -> Result<Result<Commit, StoreError>, sqlx::Error> {
-        let events = assign_ids(after, now_ms, publications);
-        if insert_and_advance(&self.writer, after, &events).await? {
-            return Ok(Ok(Commit {
-                previous: after,
-                events,
-            }));
+        let assigned = assign_ids(after, now_ms, publications);
+        let written = write_group(
+            &self.writer,
+            after,
+            publications,
+            &assigned,
+            idempotency_ttl_ms,
+        )
+        .await?;
+        if let Some(bound) = written {
+            return Ok(settle(after, publications, assigned, &bound));
         }
         let mut tx = self.writer.begin().await?;
         let (last, db_now_ms): (String, i64) =
@@ -99,18 +110,23 @@ impl PgStore {
             Ok(previous) => previous,
             Err(err) => return Ok(Err(err)),
         };
-        let events = assign_ids(
+        let now_ms = u64::try_from(db_now_ms).unwrap_or(now_ms);
+        let assigned = assign_ids(previous, now_ms, publications);
+        let written = write_group(
+            &mut *tx,
             previous,
-            u64::try_from(db_now_ms).unwrap_or(now_ms),
             publications,
-        );
-        if !insert_and_advance(&mut *tx, previous, &events).await? {
+            &assigned,
+            idempotency_ttl_ms,
+        )
+        .await?;
+        let Some(bound) = written else {
             return Ok(Err(StoreError::Unavailable(
                 "the id clock moved while locked".into(),
             )));
-        }
+        };
         tx.commit().await?;
-        Ok(Ok(Commit { previous, events }))
+        Ok(settle(previous, publications, assigned, &bound))
     }
 }
 
@@ -118,8 +134,8 @@ impl PgStore {
 const LOCK_CLOCK: &str = "SELECT last_id, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT \
      FROM id_clock FOR UPDATE";
 
-/// Inserts the events and moves the clock to the last one, if the clock
-/// is at `$7`; answers whether it was. The clock's row lock, taken by the
+/// Inserts the events and moves the clock to `$6`, if the clock is at
+/// `$7`; answers whether it was. The clock's row lock, taken by the
 /// UPDATE, is held until the commit.
 const INSERT_AND_ADVANCE: &str = "WITH clock AS (\
         UPDATE id_clock SET last_id = $6 WHERE last_id = $7 RETURNING 1\
@@ -129,34 +145,127 @@ const INSERT_AND_ADVANCE: &str = "WITH clock AS (\
         WHERE EXISTS (SELECT 1 FROM clock)\
      ) SELECT EXISTS (SELECT 1 FROM clock)";
 
-async fn insert_and_advance<'e>(
+/// [`INSERT_AND_ADVANCE`] for a group with idempotency keys: the keys of
+/// `$8`/`$9` bound less than `$11` ms ago are returned (`seen`), their
+/// publications' events (`$12` is each event's key) are not inserted, and
+/// the other keys are bound (`$10` body hashes, `$13` ids; an expired
+/// binding is replaced). Every write depends on the clock: a binding made
+/// after this statement's snapshot was taken moved the clock, so then
+/// nothing is written and the caller retries under the lock.
+const INSERT_BIND_AND_ADVANCE: &str = concat!(
+    "WITH clock AS (",
+    "UPDATE id_clock SET last_id = $6 WHERE last_id = $7 RETURNING 1",
+    "), seen AS (",
+    "SELECT k.map_id, k.key, k.body_hash, k.ids FROM idempotency_keys k ",
+    "JOIN UNNEST($8::text[], $9::text[]) AS u (map_id, key) ",
+    "ON k.map_id = u.map_id AND k.key = u.key ",
+    "WHERE k.created_ms > (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT - $11",
+    "), inserted AS (",
+    "INSERT INTO events (map_id, id, type, source, payload) ",
+    "SELECT e.map_id, e.id, e.type, e.source, e.payload ",
+    "FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $12::text[]) ",
+    "AS e (map_id, id, type, source, payload, key) ",
+    "WHERE EXISTS (SELECT 1 FROM clock) ",
+    "AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.map_id = e.map_id AND s.key = e.key)",
+    "), bound AS (",
+    "INSERT INTO idempotency_keys (map_id, key, body_hash, ids, created_ms) ",
+    "SELECT u.map_id, u.key, u.body_hash, u.ids, ",
+    "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT ",
+    "FROM UNNEST($8::text[], $9::text[], $10::text[], $13::text[]) ",
+    "AS u (map_id, key, body_hash, ids) ",
+    "WHERE EXISTS (SELECT 1 FROM clock) ",
+    "AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.map_id = u.map_id AND s.key = u.key) ",
+    "ON CONFLICT (map_id, key) DO UPDATE SET body_hash = EXCLUDED.body_hash, ",
+    "ids = EXCLUDED.ids, created_ms = EXCLUDED.created_ms",
+    ") SELECT EXISTS (SELECT 1 FROM clock) AS advanced, s.map_id, s.key, s.body_hash, s.ids ",
+    "FROM (SELECT 1) AS one LEFT JOIN seen s ON TRUE"
+);
+
+/// Writes a group after `previous` if the clock is there: `None` if it
+/// moved, else the keys that were bound already.
+async fn write_group<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     previous: Ulid,
-    events: &[SharedEvent],
-) -> Result<bool, sqlx::Error> {
-    let mut map_ids = Vec::with_capacity(events.len());
-    let mut ids = Vec::with_capacity(events.len());
-    let mut types = Vec::with_capacity(events.len());
-    let mut sources = Vec::with_capacity(events.len());
-    let mut payloads = Vec::with_capacity(events.len());
-    for event in events {
+    publications: &[Publication],
+    assigned: &[SharedEvent],
+    idempotency_ttl_ms: i64,
+) -> Result<Option<Vec<BoundKey>>, sqlx::Error> {
+    let mut map_ids = Vec::with_capacity(assigned.len());
+    let mut ids = Vec::with_capacity(assigned.len());
+    let mut types = Vec::with_capacity(assigned.len());
+    let mut sources = Vec::with_capacity(assigned.len());
+    let mut payloads = Vec::with_capacity(assigned.len());
+    for event in assigned {
         map_ids.push(event.map_id.to_string());
         ids.push(event.id.to_string());
         types.push(event.event_type.as_str());
         sources.push(event.source.as_str());
         payloads.push(event.payload());
     }
-    let last = ids.last().cloned().unwrap_or_else(|| previous.to_string());
-    sqlx::query_scalar(INSERT_AND_ADVANCE)
+    let through = assigned.last().map_or(previous, |e| e.id).to_string();
+    if publications.iter().all(|p| p.idempotency.is_none()) {
+        let advanced: bool = sqlx::query_scalar(INSERT_AND_ADVANCE)
+            .bind(&map_ids)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&sources)
+            .bind(&payloads)
+            .bind(through)
+            .bind(previous.to_string())
+            .fetch_one(executor)
+            .await?;
+        return Ok(advanced.then(Vec::new));
+    }
+    let mut event_keys: Vec<Option<&str>> = Vec::with_capacity(assigned.len());
+    let (mut key_maps, mut keys, mut hashes, mut key_ids) = (vec![], vec![], vec![], vec![]);
+    let mut start = 0;
+    for publication in publications {
+        let mine = &assigned[start..start + publication.events.len()];
+        start += mine.len();
+        let key = publication.idempotency.as_ref();
+        event_keys.extend(mine.iter().map(|_| key.map(|k| k.key.as_str())));
+        if let Some(idem) = key {
+            key_maps.push(publication.map_id.to_string());
+            keys.push(idem.key.as_str());
+            hashes.push(idem.body_hash.as_str());
+            key_ids.push(joined_ids(mine));
+        }
+    }
+    let rows = sqlx::query(INSERT_BIND_AND_ADVANCE)
         .bind(&map_ids)
         .bind(&ids)
         .bind(&types)
         .bind(&sources)
         .bind(&payloads)
-        .bind(last)
+        .bind(through)
         .bind(previous.to_string())
-        .fetch_one(executor)
-        .await
+        .bind(&key_maps)
+        .bind(&keys)
+        .bind(&hashes)
+        .bind(idempotency_ttl_ms)
+        .bind(&event_keys)
+        .bind(&key_ids)
+        .fetch_all(executor)
+        .await?;
+    if !rows
+        .first()
+        .map_or(Ok(false), |row| row.try_get("advanced"))?
+    {
+        return Ok(None);
+    }
+    let mut bound = Vec::new();
+    for row in &rows {
+        let Some(map_id) = row.try_get::<Option<String>, _>("map_id")? else {
+            continue;
+        };
+        bound.push(BoundKey {
+            map_id: Ulid::from_string(&map_id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            key: row.try_get("key")?,
+            body_hash: row.try_get("body_hash")?,
+            ids: row.try_get("ids")?,
+        });
+    }
+    Ok(Some(bound))
 }
 
 super::impl_store!(PgStore);

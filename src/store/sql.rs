@@ -89,3 +89,5 @@ pub const CUT_BY_COUNT: &str =
 pub const DELETE_THROUGH: &str = "DELETE FROM events WHERE map_id = $1 AND id <= $2";
 pub const MARK_PRUNED: &str =
     "UPDATE maps SET pruned_through = $1 WHERE id = $2 AND pruned_through < $1";
+
+pub const PRUNE_IDEMPOTENCY: &str = "DELETE FROM idempotency_keys WHERE created_ms < $1";

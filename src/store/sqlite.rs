@@ -12,7 +12,9 @@ use std::sync::{Mutex, PoisonError};
 
 use ulid::Ulid;
 
-use super::{assign_ids, ulid_column, Commit, Publication, StoreError};
+use super::{
+    assign_ids, joined_ids, settle, ulid_column, BoundKey, Commit, Outcome, Publication, StoreError,
+};
 
 /// WAL allows concurrent readers; writes serialize on the file anyway.
 const MAX_CONNECTIONS: u32 = 4;
@@ -86,6 +88,7 @@ impl SqliteStore {
         &self,
         after: Ulid,
         now_ms: u64,
+        idempotency_ttl_ms: i64,
         publications: &[Publication],
     ) -> Result<Result<Commit, StoreError>, sqlx::Error> {
         let mut tx = self.writer.begin().await?;
@@ -103,12 +106,37 @@ impl SqliteStore {
             }
         };
         let previous = stored.max(after);
-        let events = assign_ids(previous, now_ms, publications);
-        if let Some(last) = events.last() {
+        let assigned = assign_ids(previous, now_ms, publications);
+        if let Some(last) = assigned.last() {
             // Kept even if the commit fails: its ids are never given again.
             *self.last_id.lock().unwrap_or_else(PoisonError::into_inner) = Some(last.id);
         }
-        for chunk in events.chunks(INSERT_CHUNK) {
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let mut bound = Vec::new();
+        for publication in publications {
+            let Some(idem) = &publication.idempotency else {
+                continue;
+            };
+            let row: Option<(String, String)> = sqlx::query_as(SELECT_BOUND)
+                .bind(publication.map_id.to_string())
+                .bind(&idem.key)
+                .bind(now.saturating_sub(idempotency_ttl_ms))
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some((body_hash, ids)) = row {
+                bound.push(BoundKey {
+                    map_id: publication.map_id,
+                    key: idem.key.clone(),
+                    body_hash,
+                    ids,
+                });
+            }
+        }
+        let commit = match settle(previous, publications, assigned, &bound) {
+            Ok(commit) => commit,
+            Err(err) => return Ok(Err(err)),
+        };
+        for chunk in commit.events.chunks(INSERT_CHUNK) {
             let sql = multi_row_insert(chunk.len());
             let mut query = sqlx::query(&sql);
             for event in chunk {
@@ -121,10 +149,35 @@ impl SqliteStore {
             }
             query.execute(&mut *tx).await?;
         }
+        let mut created = commit.events.as_slice();
+        for (publication, outcome) in publications.iter().zip(&commit.outcomes) {
+            let Outcome::Created(ids) = outcome else {
+                continue;
+            };
+            let (mine, rest) = created.split_at(ids.len());
+            created = rest;
+            if let Some(idem) = &publication.idempotency {
+                sqlx::query(BIND_KEY)
+                    .bind(publication.map_id.to_string())
+                    .bind(&idem.key)
+                    .bind(&idem.body_hash)
+                    .bind(joined_ids(mine))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         tx.commit().await?;
-        Ok(Ok(Commit { previous, events }))
+        Ok(Ok(commit))
     }
 }
+
+/// A key bound less than the TTL ago (`$3`: the oldest time still valid).
+const SELECT_BOUND: &str = "SELECT body_hash, ids FROM idempotency_keys \
+     WHERE map_id = $1 AND key = $2 AND created_ms > $3";
+/// Binds a key (replacing an expired binding).
+const BIND_KEY: &str = "INSERT OR REPLACE INTO idempotency_keys \
+     (map_id, key, body_hash, ids, created_ms) VALUES ($1, $2, $3, $4, $5)";
 
 /// `INSERT INTO events ... VALUES (?, ?, ?, ?, ?), ...` for `rows` rows.
 fn multi_row_insert(rows: usize) -> String {
