@@ -3,128 +3,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::pg::DisposablePostgres;
 use common::{ids, Relay, PUBLISHER};
 use serde_json::{json, Value};
-
-/// A throw-away PostgreSQL cluster.
-struct DisposablePostgres {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    port: u16,
-}
-
-fn pg_bin() -> PathBuf {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL server binaries in /usr/lib/postgresql")
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    versions.sort();
-    versions.pop().expect("an initdb")
-}
-
-impl DisposablePostgres {
-    fn run(&self, program: &str, args: &[&str]) -> bool {
-        let exe = self.bin.join(program);
-        // initdb and postgres refuse to run as root.
-        let mut command = if unsafe { libc::geteuid() } == 0 {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
-        };
-        command
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        command.status().map(|s| s.success()).unwrap_or(false)
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").display().to_string()
-    }
-
-    fn init() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        if unsafe { libc::geteuid() } == 0 {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres"])
-                .arg(dir.path())
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "chown temp dir to postgres");
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let pg = Self {
-            dir,
-            bin: pg_bin(),
-            port,
-        };
-        let data = pg.data();
-        assert!(
-            pg.run(
-                "initdb",
-                &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]
-            ),
-            "initdb"
-        );
-        pg.start();
-        pg
-    }
-
-    fn start(&self) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("pg.log").display().to_string();
-        assert!(
-            self.run(
-                "pg_ctl",
-                &[
-                    "-D",
-                    &self.data(),
-                    "-o",
-                    &options,
-                    "-l",
-                    &log,
-                    "-w",
-                    "start"
-                ]
-            ),
-            "pg_ctl start"
-        );
-    }
-
-    fn stop(&self) {
-        self.run(
-            "pg_ctl",
-            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for DisposablePostgres {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 async fn status_of(http: &reqwest::Client, url: &str) -> Option<u16> {
     http.get(url).send().await.ok().map(|r| r.status().as_u16())

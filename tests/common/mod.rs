@@ -1,12 +1,20 @@
 //! Test harness: starts the real `herald` binary on port 0 against a fresh
 //! SQLite file or a fresh PostgreSQL schema, talks to it over real HTTP and
 //! parses the SSE bytes it writes.
+//!
+//! Several processes can share one database as a cluster ([`Relay::join`],
+//! [`Cluster`]); [`pg`] runs a disposable PostgreSQL server and [`proxy`]
+//! puts a TCP proxy in front of one that can hold back its answers.
 #![allow(dead_code)]
+
+pub mod pg;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use eventsource_stream::{Event, Eventsource};
@@ -54,26 +62,35 @@ pub fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-fn unique(prefix: &str) -> String {
+/// A name no other test uses: `prefix` and a fresh lowercase ULID.
+pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}{}",
         ulid::Ulid::generate().to_string().to_lowercase()
     )
 }
 
-/// A database for one test: a SQLite file in a temp dir, or its own schema.
+/// A database for one test: a SQLite file in a temp dir of its own, or a
+/// PostgreSQL schema of its own. Shared (`Arc`) by every relay of a
+/// cluster: the schema is dropped once, when the last of them is gone.
 struct Database {
     url: String,
     schema: Option<String>,
+    /// Holds the SQLite file.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Database {
-    async fn create(backend: Backend, dir: &std::path::Path) -> Self {
+    async fn create(backend: Backend) -> Self {
         match backend {
-            Backend::Sqlite => Self {
-                url: format!("sqlite://{}", dir.join("herald.db").display()),
-                schema: None,
-            },
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                Self {
+                    url: format!("sqlite://{}", dir.path().join("herald.db").display()),
+                    schema: None,
+                    dir: Some(dir),
+                }
+            }
             Backend::Postgres => {
                 let base = postgres_url();
                 let schema = unique("t_");
@@ -90,6 +107,7 @@ impl Database {
                 Self {
                     url: format!("{base}{sep}options[search_path]={schema}"),
                     schema: Some(schema),
+                    dir: None,
                 }
             }
         }
@@ -131,8 +149,55 @@ pub struct Relay {
     env: Vec<(String, String)>,
     config: PathBuf,
     log: PathBuf,
-    db: Database,
+    /// The database this relay's config names (through a proxy, maybe).
+    url: String,
+    db: Arc<Database>,
     dir: tempfile::TempDir,
+}
+
+/// How to start one more node on a relay's database ([`Relay::join_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// `HERALD__...` overrides of this node (nothing is inherited).
+    pub env: Vec<(String, String)>,
+    /// Another URL for the same database (e.g. through a [`proxy::PgProxy`]).
+    pub database_url: Option<String>,
+    /// Runs the node under libfaketime with this `FAKETIME` (e.g. `-10m`):
+    /// its wall clock is off, its monotonic clock is not.
+    pub faketime: Option<String>,
+}
+
+impl NodeOptions {
+    /// Options with these environment overrides.
+    pub fn with_env(env: &[(&str, &str)]) -> Self {
+        Self {
+            env: owned(env),
+            ..Self::default()
+        }
+    }
+}
+
+fn owned(env: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The libfaketime library that [`NodeOptions::faketime`] preloads. Panics
+/// when it is missing: a test that needs it must fail, not skip.
+pub fn libfaketime() -> PathBuf {
+    let mut candidates = vec![PathBuf::from("/usr/lib/faketime/libfaketime.so.1")];
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        candidates.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path().join("faketime/libfaketime.so.1")),
+        );
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("libfaketime is required: apt-get install faketime (see .ci/run)")
 }
 
 impl Relay {
@@ -143,39 +208,52 @@ impl Relay {
 
     /// Starts a relay; `env` adds `HERALD__...` overrides.
     pub async fn start_with(backend: Backend, env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = Database::create(backend, dir.path()).await;
-        Self::launch(backend, db, dir, env)
+        let db = Database::create(backend).await;
+        Self::launch(backend, Arc::new(db), NodeOptions::with_env(env))
     }
 
     /// Starts a relay on a PostgreSQL database the test owns (whole database,
     /// no schema of its own).
     pub fn start_on_postgres(url: &str, env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
         let db = Database {
             url: url.to_owned(),
             schema: None,
+            dir: None,
         };
-        Self::launch(Backend::Postgres, db, dir, env)
+        Self::launch(Backend::Postgres, Arc::new(db), NodeOptions::with_env(env))
     }
 
-    fn launch(
-        backend: Backend,
-        db: Database,
-        dir: tempfile::TempDir,
-        env: &[(&str, &str)],
-    ) -> Self {
+    /// Starts another process on this relay's database: one more node of a
+    /// cluster on PostgreSQL. `env` is the new node's own; nothing is
+    /// inherited. The database outlives every node that shares it.
+    pub fn join(&self, env: &[(&str, &str)]) -> Self {
+        self.join_with(NodeOptions::with_env(env))
+    }
+
+    /// [`Relay::join`] with a database URL of its own or a faked clock.
+    pub fn join_with(&self, options: NodeOptions) -> Self {
+        Self::launch(self.backend, Arc::clone(&self.db), options)
+    }
+
+    fn launch(backend: Backend, db: Arc<Database>, options: NodeOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = options.database_url.unwrap_or_else(|| db.url.clone());
         let config = dir.path().join("settings.toml");
         std::fs::write(
             &config,
             format!(
-                "[server]\nbind = \"127.0.0.1:0\"\nworkers = 2\n[database]\nurl = \"{}\"\n\
+                "[server]\nbind = \"127.0.0.1:0\"\nworkers = 2\n[database]\nurl = \"{url}\"\n\
                  [auth]\nadmin_token = \"{ADMIN}\"\npublisher_tokens = [\"{PUBLISHER}\"]\n\
-                 [limits]\nrate_per_minute = 0\n",
-                db.url
+                 [limits]\nrate_per_minute = 0\n"
             ),
         )
         .expect("write settings");
+        let mut env = options.env;
+        if let Some(offset) = options.faketime {
+            env.push(("LD_PRELOAD".into(), libfaketime().display().to_string()));
+            env.push(("FAKETIME".into(), offset));
+            env.push(("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()));
+        }
         let mut relay = Self {
             base: String::new(),
             backend,
@@ -184,17 +262,42 @@ impl Relay {
                 .build()
                 .expect("client"),
             child: None,
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            env,
             log: dir.path().join("server.log"),
             config,
+            url,
             db,
             dir,
         };
         relay.spawn();
         relay
+    }
+
+    /// The database URL in this relay's settings.
+    pub fn database_url(&self) -> &str {
+        &self.url
+    }
+
+    /// This node's `cluster.node_name`, when the test set one.
+    pub fn name(&self) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "HERALD__CLUSTER__NODE_NAME")
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `herald --config <this relay's settings> <args>`, with this relay's
+    /// environment, e.g. `["map", "create", "x"]` beside the running server.
+    pub fn cli(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(self.dir.path())
+            .envs(self.env.iter().cloned())
+            .env("RUST_LOG", "info");
+        command
     }
 
     fn spawn(&mut self) {
@@ -227,15 +330,7 @@ impl Relay {
 
     /// The command that runs this relay (`herald --config ... serve`).
     pub fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-        command
-            .arg("--config")
-            .arg(&self.config)
-            .arg("serve")
-            .current_dir(self.dir.path())
-            .envs(self.env.iter().cloned())
-            .env("RUST_LOG", "info");
-        command
+        self.cli(&["serve"])
     }
 
     /// The server's log so far.
@@ -406,10 +501,153 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- server log ---\n{}", self.log_text());
+            let node = self
+                .name()
+                .map(|n| format!(" of node {n}"))
+                .unwrap_or_default();
+            eprintln!("--- server log{node} ---\n{}", self.log_text());
         }
         self.kill();
     }
+}
+
+/// Several relays on one PostgreSQL database: one relay, per the spec's
+/// `## Cluster`. Node `i` is named `<prefix>-<letter>` (unique to the test,
+/// short enough for an `application_name`), says it is alive every second
+/// and counts as dead after 3 s of silence unless `env` says otherwise.
+pub struct Cluster {
+    pub nodes: Vec<Relay>,
+    prefix: String,
+}
+
+impl Cluster {
+    /// Starts `n` nodes, one after another, on a fresh schema of the test
+    /// PostgreSQL server; `env` applies to every node.
+    pub async fn start(n: usize, env: &[(&str, &str)]) -> Self {
+        let prefix = Self::fresh_prefix();
+        let first = Relay::start_with(
+            Backend::Postgres,
+            &borrowed(&Self::node_env_of(&prefix, 0, env)),
+        )
+        .await;
+        Self::grow(first, prefix, n, env)
+    }
+
+    /// Starts `n` nodes on a PostgreSQL database the test owns (e.g. a
+    /// [`pg::DisposablePostgres`]).
+    pub fn start_on_postgres(url: &str, n: usize, env: &[(&str, &str)]) -> Self {
+        let prefix = Self::fresh_prefix();
+        let first = Relay::start_on_postgres(url, &borrowed(&Self::node_env_of(&prefix, 0, env)));
+        Self::grow(first, prefix, n, env)
+    }
+
+    fn grow(first: Relay, prefix: String, n: usize, env: &[(&str, &str)]) -> Self {
+        let mut cluster = Self {
+            nodes: vec![first],
+            prefix,
+        };
+        while cluster.nodes.len() < n {
+            let options = NodeOptions {
+                env: cluster.node_env(cluster.nodes.len(), env),
+                ..NodeOptions::default()
+            };
+            cluster.add(options);
+        }
+        cluster
+    }
+
+    fn fresh_prefix() -> String {
+        // The random tail of a ULID: unique among concurrent tests, short.
+        let id = ulid::Ulid::generate().to_string().to_lowercase();
+        format!("n{}", &id[18..])
+    }
+
+    fn node_env_of(prefix: &str, index: usize, env: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut all = vec![
+            (
+                "HERALD__CLUSTER__NODE_NAME".to_owned(),
+                Self::name_of(prefix, index),
+            ),
+            ("HERALD__CLUSTER__HEARTBEAT_SECS".to_owned(), "1".to_owned()),
+            (
+                "HERALD__CLUSTER__NODE_TIMEOUT_SECS".to_owned(),
+                "3".to_owned(),
+            ),
+        ];
+        all.extend(owned(env));
+        all
+    }
+
+    fn name_of(prefix: &str, index: usize) -> String {
+        let letter = char::from(b'a' + u8::try_from(index % 26).expect("small"));
+        if index < 26 {
+            format!("{prefix}-{letter}")
+        } else {
+            format!("{prefix}-{letter}{}", index / 26)
+        }
+    }
+
+    /// The environment of node `index` (its name, the cluster timings, then
+    /// `env`): for [`Cluster::add`] with options of its own.
+    pub fn node_env(&self, index: usize, env: &[(&str, &str)]) -> Vec<(String, String)> {
+        Self::node_env_of(&self.prefix, index, env)
+    }
+
+    /// The name node `index` has (or will have).
+    pub fn name(&self, index: usize) -> String {
+        Self::name_of(&self.prefix, index)
+    }
+
+    /// Starts one more node on the cluster's database; returns its index.
+    /// `options.env` should come from [`Cluster::node_env`].
+    pub fn add(&mut self, options: NodeOptions) -> usize {
+        let node = self.nodes[0].join_with(options);
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+}
+
+impl std::ops::Index<usize> for Cluster {
+    type Output = Relay;
+    fn index(&self, index: usize) -> &Relay {
+        &self.nodes[index]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Cluster {
+    fn index_mut(&mut self, index: usize) -> &mut Relay {
+        &mut self.nodes[index]
+    }
+}
+
+fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// Asks the test PostgreSQL server to end the backends with this
+/// `application_name` (e.g. `herald-listen:<node>`); returns how many ended.
+pub async fn terminate_backends(application_name: &str) -> u64 {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&postgres_url())
+        .await
+        .expect("connect to the test PostgreSQL");
+    let ended: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(application_name)
+    .fetch_all(&mut conn)
+    .await
+    .expect("pg_terminate_backend");
+    ended.iter().filter(|(ok,)| *ok).count() as u64
+}
+
+/// How an SSE read ended ([`SseClient::next_timed`]).
+#[derive(Debug)]
+pub enum Next {
+    Event(Event),
+    /// The server closed the stream (or it broke).
+    Ended,
+    /// Nothing within the wait; the stream is still open.
+    Silent,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;
@@ -446,6 +684,15 @@ impl SseClient {
             .ok()
             .flatten()
             .and_then(Result::ok)
+    }
+
+    /// The next event, the end of the stream, or silence for `wait`.
+    pub async fn next_timed(&mut self, wait: Duration) -> Next {
+        match tokio::time::timeout(wait, self.events.next()).await {
+            Ok(Some(Ok(event))) => Next::Event(event),
+            Ok(Some(Err(_)) | None) => Next::Ended,
+            Err(_) => Next::Silent,
+        }
     }
 
     /// The next event, which must exist.
