@@ -38,6 +38,13 @@ pub struct ServerSettings {
     pub bind: String,
     /// HTTP worker threads; 0 = one per core.
     pub workers: usize,
+    /// Time for a request's head and body: a client cannot hold a
+    /// connection and a body buffer by sending slowly.
+    pub request_timeout_secs: u64,
+    /// Idle keep-alive connections stay open this long: longer than
+    /// common HTTP clients keep idle connections (60 s and less), so a
+    /// client never sends on a connection the server is closing.
+    pub keep_alive_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -45,6 +52,8 @@ impl Default for ServerSettings {
         Self {
             bind: "127.0.0.1:8080".into(),
             workers: 0,
+            request_timeout_secs: 10,
+            keep_alive_secs: 75,
         }
     }
 }
@@ -288,6 +297,11 @@ impl Settings {
                 self.server.bind
             ))
         })?;
+        if self.server.request_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "server.request_timeout_secs must be at least 1".into(),
+            ));
+        }
         if self.sse.client_buffer == 0 {
             return Err(ConfigError::Invalid(
                 "sse.client_buffer must be at least 1".into(),
@@ -339,6 +353,8 @@ mod tests {
     fn defaults_match_the_spec() {
         let s = Settings::default();
         assert_eq!(s.server.bind, "127.0.0.1:8080");
+        assert_eq!(s.server.request_timeout_secs, 10);
+        assert_eq!(s.server.keep_alive_secs, 75);
         assert_eq!(s.database.url, "sqlite://herald.db");
         assert_eq!(s.sse.client_buffer, 1024);
         assert_eq!(s.history.max_backfill, 10_000);

@@ -20,6 +20,8 @@ use crate::store::{KeyRecord, MapRecord, SharedStore, StoreError};
 pub enum DirectoryError {
     #[error("slug must match [a-z0-9][a-z0-9-]{{0,63}} and not be a ULID")]
     InvalidSlug,
+    #[error("name must be 0 to 128 characters without control characters")]
+    InvalidName,
     #[error("a map with this slug already exists")]
     MapExists,
     #[error("no such map")]
@@ -70,6 +72,14 @@ pub fn is_valid_slug(slug: &str) -> bool {
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && parse_ulid(slug).is_none()
+}
+
+/// Longest map name, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// Whether `name` is acceptable as a map's display name.
+pub fn is_valid_name(name: &str) -> bool {
+    name.chars().count() <= MAX_NAME_CHARS && !name.chars().any(char::is_control)
 }
 
 fn now_ms() -> i64 {
@@ -280,6 +290,9 @@ impl Directory {
         if !is_valid_slug(slug) {
             return Err(DirectoryError::InvalidSlug);
         }
+        if !name.is_none_or(is_valid_name) {
+            return Err(DirectoryError::InvalidName);
+        }
         if self.read().slugs.contains_key(slug) {
             return Err(DirectoryError::MapExists);
         }
@@ -403,7 +416,25 @@ fn new_key(map_id: Ulid, secret: Option<&str>) -> IssuedKey {
 
 #[cfg(test)]
 mod tests {
-    use super::is_valid_slug;
+    use super::{is_valid_name, is_valid_slug};
+
+    #[test]
+    fn name_rules() {
+        let longest = "é".repeat(128);
+        for ok in ["", "Tenant 42", "Ünïcode ✓", longest.as_str()] {
+            assert!(is_valid_name(ok), "{ok}");
+        }
+        let too_long = "a".repeat(129);
+        for bad in [
+            "a\u{0}b",
+            "line\nbreak",
+            "del\u{7f}",
+            "\u{85}",
+            too_long.as_str(),
+        ] {
+            assert!(!is_valid_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn slug_rules() {

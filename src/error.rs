@@ -33,6 +33,8 @@ pub enum ApiError {
     InvalidSlug(String),
     #[error("{0}")]
     InvalidLimits(String),
+    #[error("{0}")]
+    InvalidName(String),
     #[error("a map with this slug already exists")]
     MapExists,
     #[error("{0}")]
@@ -55,6 +57,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("the request head is too large")]
     HeadersTooLarge,
+    #[error("the request target is too long")]
+    UriTooLong,
+    #[error("the request did not arrive in time")]
+    RequestTimeout,
     #[error("no such resource")]
     NotFound,
     #[error("method not allowed on this resource")]
@@ -80,6 +86,7 @@ impl ApiError {
             Self::InvalidQuery(_) => "INVALID_QUERY",
             Self::InvalidSlug(_) => "INVALID_SLUG",
             Self::InvalidLimits(_) => "INVALID_LIMITS",
+            Self::InvalidName(_) => "INVALID_NAME",
             Self::MapExists => "MAP_EXISTS",
             Self::InvalidIdempotencyKey(_) => "INVALID_IDEMPOTENCY_KEY",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
@@ -91,6 +98,8 @@ impl ApiError {
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
             Self::BadRequest(_) => "BAD_REQUEST",
             Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
+            Self::UriTooLong => "URI_TOO_LONG",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::NotFound => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::Internal(_) => "INTERNAL_ERROR",
@@ -113,8 +122,11 @@ impl ResponseError for ApiError {
             | Self::InvalidSlug(_)
             | Self::InvalidLimits(_)
             | Self::InvalidIdempotencyKey(_)
+            | Self::InvalidName(_)
             | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MapExists | Self::IdempotencyKeyReused => StatusCode::CONFLICT,
             Self::RateLimited { .. }
@@ -138,6 +150,11 @@ impl ResponseError for ApiError {
             }
             Self::RateLimited { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            // The rest of the body may still come: the connection cannot
+            // carry another request.
+            Self::RequestTimeout => {
+                response.force_close();
             }
             _ => {}
         }

@@ -46,7 +46,15 @@ enum MapCommand {
 
 #[actix_web::main]
 async fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // actix-http logs every request it cannot parse (a stranger's bytes) at
+    // ERROR; herald answers those in JSON and logs them at DEBUG itself
+    // (`http::layer_errors`). Naming the module in RUST_LOG overrides this.
+    if !std::env::var("RUST_LOG").is_ok_and(|filter| filter.contains("actix_http")) {
+        logger.filter_module("actix_http::h1::dispatcher", log::LevelFilter::Off);
+    }
+    logger.init();
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,

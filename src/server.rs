@@ -11,9 +11,13 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 
 use actix::Arbiter;
+use actix_http::error::DispatchError;
+use actix_http::Protocol;
 use actix_server::{GracefulShutdownSignal, Server};
-use actix_service::{fn_factory, fn_service, map_config, ServiceExt, ServiceFactory};
-use actix_web::dev::{AppConfig, ServiceResponse};
+use actix_service::{
+    fn_factory, fn_service, map_config, ServiceExt, ServiceFactory, ServiceFactoryExt,
+};
+use actix_web::dev::{AppConfig, Extensions, ServiceResponse};
 use actix_web::rt::net::TcpStream;
 use ulid::Ulid;
 
@@ -24,6 +28,7 @@ use crate::cluster::{default_node_name, Cluster};
 use crate::config::Settings;
 use crate::connections::ConnectionTable;
 use crate::directory::{Directory, DirectoryError};
+use crate::http::layer_errors::JsonErrors;
 use crate::http::stream_conn::{self, Front};
 use crate::metrics::Metrics;
 use crate::rate_limit::RateLimiter;
@@ -40,8 +45,6 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 const MAX_CONNECTIONS: usize = 25_000;
 /// Pending connections the kernel queues (a burst of reconnecting clients).
 const BACKLOG: u32 = 4096;
-/// How long a client may take to send a request head (actix-web's default).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a closing connection may take to flush (actix-web's default).
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often idle rate-limit buckets are forgotten.
@@ -69,9 +72,19 @@ pub enum StartError {
 /// # Errors
 /// The database is unreachable or a migration fails.
 pub async fn open_store(settings: &Settings) -> Result<SharedStore, StoreError> {
-    let store = store::open(&settings.database.url).await?;
-    store.migrate().await?;
-    Ok(store)
+    let url = &settings.database.url;
+    let opened = async {
+        let store = store::open(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    };
+    opened.await.map_err(|err| match err {
+        StoreError::Unavailable(cause) => StoreError::Unavailable(format!(
+            "{} cannot be reached: {cause}",
+            store::describe(url)
+        )),
+        other => other,
+    })
 }
 
 /// Runs the relay until a shutdown signal; returns once it has stopped.
@@ -234,20 +247,32 @@ fn worker_service(
     shutdown_signal: GracefulShutdownSignal,
     user_timeout: Duration,
 ) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = (), InitError = ()> {
+    let server = &state.settings.server;
+    let request_timeout = Duration::from_secs(server.request_timeout_secs);
     let http = actix_http::HttpService::build()
-        .client_request_timeout(REQUEST_TIMEOUT)
+        .client_request_timeout(request_timeout)
         .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+        .keep_alive(Duration::from_secs(server.keep_alive_secs))
         .h1_allow_half_closed(false)
         .local_addr(local)
-        .on_connect_ext(crate::socket::on_connect(user_timeout))
+        .on_connect_ext(move |io: &JsonErrors<TcpStream>, data: &mut Extensions| {
+            data.insert(crate::socket::configure(io.get_ref(), user_timeout));
+        })
         .graceful_shutdown_signal(move || {
             let signal = shutdown_signal.clone();
             async move { signal.notified().await }
         })
         .finish(map_config(crate::http::app(state.clone()), |()| {
             AppConfig::default()
-        }))
-        .tcp();
+        }));
+    // actix-http's own error answers become JSON (see `layer_errors`).
+    let http = ServiceFactoryExt::and_then(
+        fn_service(|io: TcpStream| async move {
+            let peer = io.peer_addr().ok();
+            Ok::<_, DispatchError>((JsonErrors::new(io, peer), Protocol::Http1, peer))
+        }),
+        http,
+    );
     fn_factory(move || {
         let http = http.new_service(());
         let app = actix_service::IntoServiceFactory::into_factory(crate::http::app(state.clone()))
@@ -260,7 +285,7 @@ fn worker_service(
                     app.map(|res: ServiceResponse<_>| res.map_into_boxed_body().into()),
                 ),
                 http: actix_service::boxed::service(http),
-                request_timeout: REQUEST_TIMEOUT,
+                request_timeout,
                 user_timeout,
             });
             Ok(fn_service(move |io: TcpStream| {

@@ -9,7 +9,6 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use actix_web::dev::Extensions;
 use actix_web::rt::net::TcpStream;
 
 /// The raw socket of one HTTP connection, stored in its connection data.
@@ -42,14 +41,6 @@ pub fn configure(tcp: &TcpStream, user_timeout: Duration) -> StreamSocket {
         );
     }
     StreamSocket(fd)
-}
-
-/// actix-http's `on_connect_ext` hook: configures the socket and records
-/// its fd in the connection data.
-pub fn on_connect(user_timeout: Duration) -> impl Fn(&TcpStream, &mut Extensions) + 'static {
-    move |tcp, data| {
-        data.insert(configure(tcp, user_timeout));
-    }
 }
 
 /// The socket of the connection a request came on: in the connection data

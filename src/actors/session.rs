@@ -44,8 +44,10 @@ use crate::socket::StreamSocket;
 use crate::store::{Scope, SharedStore};
 
 /// Bytes of frames aimed at per backfill store query and per written chunk:
-/// few round trips for small events, bounded memory for large ones.
-const CHUNK_BYTES: usize = 1 << 20;
+/// few round trips for small events, bounded memory for large ones. A
+/// client that stops reading holds one chunk and one page read ahead:
+/// about 1 MiB.
+const CHUNK_BYTES: usize = 512 << 10;
 /// Events of the first backfill query (later ones adapt to the event size).
 const FIRST_PAGE: u32 = 1000;
 /// Bounds of a backfill query, in events.

@@ -19,6 +19,7 @@ impl From<DirectoryError> for ApiError {
     fn from(err: DirectoryError) -> Self {
         match err {
             DirectoryError::InvalidSlug => Self::InvalidSlug(err.to_string()),
+            DirectoryError::InvalidName => Self::InvalidName(err.to_string()),
             DirectoryError::MapExists => Self::MapExists,
             DirectoryError::MapNotFound => Self::MapNotFound,
             DirectoryError::KeyNotFound => Self::KeyNotFound,
@@ -92,7 +93,7 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 #[derive(Deserialize)]
 struct CreateMap {
     slug: Option<Value>,
-    name: Option<String>,
+    name: Option<Value>,
 }
 
 /// `POST /api/admin/maps` → 201 with the first key, shown once.
@@ -109,9 +110,14 @@ pub async fn create_map(
             "slug is required and must be a string".into(),
         ));
     };
+    let name = match request.name {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => Some(name),
+        Some(_) => return Err(DirectoryError::InvalidName.into()),
+    };
     let (map, issued) = state
         .directory
-        .create_map(&slug, request.name.as_deref(), None)
+        .create_map(&slug, name.as_deref(), None)
         .await?;
     log::info!(
         "map created id={} slug={} key={}",

@@ -13,8 +13,14 @@ use crate::filter::Filter;
 use crate::state::AppState;
 use crate::store::{Idempotency, Outcome};
 
-/// Events read from the store per history query.
-const HISTORY_SCAN_PAGE: u32 = 500;
+/// Events read from the store per history query: the first query reads
+/// the lower bound, later ones aim at `HISTORY_SCAN_BYTES`.
+const HISTORY_SCAN_EVENTS: (u32, u32) = (16, 500);
+/// Bytes of events aimed at per history query.
+const HISTORY_SCAN_BYTES: usize = 256 << 10;
+/// Largest history page, in bytes of JSON: a client that does not read its
+/// answer holds no more than this of herald's memory.
+const MAX_PAGE_BYTES: usize = (1 << 20) - 64;
 
 /// Publish one event or an array; 201 with the ids once committed. With an
 /// `Idempotency-Key`, a retry of a committed request answers the same ids
@@ -106,38 +112,50 @@ pub async fn history(
     )
     .map_err(|e| ApiError::InvalidFilter(e.to_string()))?;
 
-    let mut items = Vec::with_capacity(limit);
+    // The page is built as it is read: at most `MAX_PAGE_BYTES` of it and
+    // one store page are held at once, whatever the events weigh.
+    let mut body = Vec::with_capacity(16 << 10);
+    body.extend_from_slice(b"{\"items\":[");
+    let mut items = 0;
+    let mut last_item = None;
+    let mut full = false;
+    let mut scan = HISTORY_SCAN_EVENTS.0;
     'scan: loop {
-        let page = state
-            .store
-            .events_after(Some(map.id), cursor, HISTORY_SCAN_PAGE)
-            .await?;
+        let page = state.store.events_after(Some(map.id), cursor, scan).await?;
         for event in &page {
             cursor = event.id;
-            if filter.matches(&event.event_type, &event.source) {
-                items.push(event.envelope().to_vec());
-                if items.len() == limit {
-                    break 'scan;
-                }
+            if !filter.matches(&event.event_type, &event.source) {
+                continue;
+            }
+            let envelope = event.envelope();
+            if items > 0 && body.len() + 1 + envelope.len() > MAX_PAGE_BYTES {
+                full = true;
+                break 'scan;
+            }
+            if items > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(envelope);
+            items += 1;
+            last_item = Some(event.id);
+            if items == limit {
+                full = true;
+                break 'scan;
             }
         }
-        if page.len() < HISTORY_SCAN_PAGE as usize {
+        if page.len() < scan as usize {
             break;
         }
+        let bytes: usize = page.iter().map(|e| e.envelope().len()).sum();
+        let per_event = (bytes / page.len()).max(1);
+        scan = u32::try_from(HISTORY_SCAN_BYTES / per_event)
+            .unwrap_or(u32::MAX)
+            .clamp(HISTORY_SCAN_EVENTS.0, HISTORY_SCAN_EVENTS.1);
     }
-    let next = if items.len() == limit {
-        format!("\"{cursor}\"")
-    } else {
-        "null".to_owned()
+    let next = match last_item.filter(|_| full) {
+        Some(id) => format!("\"{id}\""),
+        None => "null".to_owned(),
     };
-    let mut body = Vec::with_capacity(items.iter().map(Vec::len).sum::<usize>() + 64);
-    body.extend_from_slice(b"{\"items\":[");
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(item);
-    }
     body.extend_from_slice(format!("],\"next\":{next}}}").as_bytes());
     Ok(HttpResponse::Ok()
         .content_type("application/json")

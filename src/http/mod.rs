@@ -7,9 +7,11 @@
 //! - [`admin`]: maps, keys, limits, connections, nodes, stats.
 //! - [`ops`]: health, readiness, metrics.
 //! - [`stream_conn`]: the lean HTTP/1.1 path of connections opened for a stream.
+//! - [`layer_errors`]: actix-http's own error answers, in JSON.
 
 pub mod admin;
 pub mod events;
+pub mod layer_errors;
 pub mod ops;
 pub mod stream;
 pub mod stream_conn;
@@ -118,8 +120,9 @@ pub fn cors(allowed_origins: &[String]) -> Cors {
     }
 }
 
-/// Middleware: errors answered outside our handlers (a CORS refusal, a
-/// caught panic) become JSON `{"error", "code"}` like every other error.
+/// Middleware: refuses request targets over `layer_errors::MAX_URI_BYTES`
+/// (414); errors answered outside our handlers (a CORS refusal, a caught
+/// panic) become JSON `{"error", "code"}` like every other error.
 ///
 /// # Errors
 /// An inner error is passed on as an [`ApiError`], which renders as JSON.
@@ -127,6 +130,11 @@ pub async fn json_errors(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody, BoxBody>>, actix_web::Error> {
+    let target = req.uri().path_and_query().map_or(0, |t| t.as_str().len());
+    if target > layer_errors::MAX_URI_BYTES {
+        log::debug!("refused a request target of {target} bytes");
+        return Err(ApiError::UriTooLong.into());
+    }
     let response = match next.call(req).await {
         Ok(response) => response,
         Err(err) => return Err(ApiError::Internal(format!("request failed: {err}")).into()),
@@ -323,11 +331,36 @@ pub fn int_param(
         })
 }
 
-/// Reads a request body of at most `limit` bytes.
+/// Body bytes reserved before they arrive: a client that announces a
+/// large body and sends nothing holds no more than this.
+const BODY_RESERVE: usize = 16 << 10;
+
+/// Reads a request body of at most `limit` bytes, within
+/// `server.request_timeout_secs`.
 ///
 /// # Errors
-/// `PAYLOAD_TOO_LARGE` past the limit; `INVALID_JSON` if the body breaks off.
+/// `PAYLOAD_TOO_LARGE` past the limit; `REQUEST_TIMEOUT` when the body is
+/// not all there in time; `INVALID_JSON` if the body breaks off.
 pub async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let timeout = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(10, |state| state.settings.server.request_timeout_secs);
+    tokio::time::timeout(
+        std::time::Duration::from_secs(timeout),
+        read_body_untimed(req, payload, limit),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        log::debug!("request body not received in {timeout} s");
+        Err(ApiError::RequestTimeout)
+    })
+}
+
+async fn read_body_untimed(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
@@ -342,7 +375,7 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(BODY_RESERVE));
     while let Some(chunk) = payload.next().await {
         let chunk =
             chunk.map_err(|e| ApiError::InvalidJson(format!("cannot read request body: {e}")))?;

@@ -37,6 +37,7 @@ use actix_web::ResponseError;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::layer_errors::MAX_URI_BYTES;
 use crate::error::ApiError;
 
 /// Longest request head accepted here.
@@ -158,10 +159,7 @@ enum HeadError {
 async fn read_request(io: &mut TcpStream, peer: Option<SocketAddr>) -> Result<Request, HeadError> {
     let mut buf = Vec::with_capacity(1024);
     loop {
-        if buf.len() >= MAX_HEAD_BYTES {
-            return Err(HeadError::Refused(ApiError::HeadersTooLarge));
-        }
-        let room = MAX_HEAD_BYTES - buf.len();
+        let room = MAX_HEAD_BYTES.saturating_sub(buf.len()).max(1);
         let n = (&mut *io)
             .take(room as u64)
             .read_buf(&mut buf)
@@ -170,22 +168,54 @@ async fn read_request(io: &mut TcpStream, peer: Option<SocketAddr>) -> Result<Re
         if n == 0 {
             return Err(HeadError::Closed);
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                return build_request(&parsed, peer).map_err(HeadError::Refused)
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(HeadError::Refused(ApiError::HeadersTooLarge))
-            }
-            Err(err) => {
-                return Err(HeadError::Refused(ApiError::BadRequest(format!(
-                    "malformed request head: {err}"
-                ))))
-            }
+        match parse_head(&buf, peer) {
+            Head::Complete(request) => return Ok(request),
+            Head::Partial => {}
+            Head::Refused(err) => return Err(HeadError::Refused(err)),
         }
+    }
+}
+
+/// What the bytes received so far make of a request head.
+#[derive(Debug)]
+pub enum Head {
+    /// A whole, acceptable head.
+    Complete(Request),
+    /// More bytes are needed.
+    Partial,
+    /// Malformed or too large: answer this error and close.
+    Refused(ApiError),
+}
+
+/// Parses the start of a connection as an HTTP/1.1 request head. A pure
+/// function of its input (fuzzed: `fuzz/fuzz_targets/request_head.rs`).
+pub fn parse_head(buf: &[u8], peer: Option<SocketAddr>) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let within = &buf[..buf.len().min(MAX_HEAD_BYTES)];
+    match parsed.parse(within) {
+        Ok(httparse::Status::Complete(_)) => match build_request(&parsed, peer) {
+            Ok(request) => Head::Complete(request),
+            Err(err) => Head::Refused(err),
+        },
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            Head::Refused(too_large(buf))
+        }
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Err(httparse::Error::TooManyHeaders) => Head::Refused(too_large(buf)),
+        Err(err) => Head::Refused(ApiError::BadRequest(format!(
+            "malformed request head: {err}"
+        ))),
+    }
+}
+
+/// A head over the limits: 414 when its request line alone is too long.
+fn too_large(head: &[u8]) -> ApiError {
+    let line = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    if line > MAX_URI_BYTES {
+        ApiError::UriTooLong
+    } else {
+        ApiError::HeadersTooLarge
     }
 }
 
@@ -194,6 +224,20 @@ fn build_request(
     peer: Option<SocketAddr>,
 ) -> Result<Request, ApiError> {
     let bad = |what: &str| ApiError::BadRequest(format!("malformed request head: {what}"));
+    let count = |name: &str| {
+        parsed
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    // The framing must be unambiguous, as actix-http (and RFC 9112) want.
+    if count("content-length") > 1 {
+        return Err(bad("more than one Content-Length"));
+    }
+    if count("content-length") > 0 && count("transfer-encoding") > 0 {
+        return Err(bad("Content-Length with Transfer-Encoding"));
+    }
     let mut request = Request::new();
     let head = request.head_mut();
     head.method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())

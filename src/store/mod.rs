@@ -10,6 +10,7 @@ pub mod sql;
 pub mod sqlite;
 
 use std::future::Future;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -317,6 +318,27 @@ pub type SharedStore = Arc<dyn Store>;
 /// Whether a database URL names PostgreSQL.
 pub fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// The database a URL names, for messages: host, port and database for
+/// PostgreSQL, the file for SQLite — never the credentials.
+pub fn describe(url: &str) -> String {
+    if is_postgres(url) {
+        match sqlx::postgres::PgConnectOptions::from_str(url) {
+            Ok(options) => format!(
+                "PostgreSQL database `{}` at {}:{}",
+                options.get_database().unwrap_or("postgres"),
+                options.get_host(),
+                options.get_port()
+            ),
+            Err(_) => "PostgreSQL (malformed database.url)".to_owned(),
+        }
+    } else {
+        match sqlite::SqliteStore::file(url) {
+            Some(file) => format!("SQLite database file {}", file.display()),
+            None => "in-memory SQLite database".to_owned(),
+        }
+    }
 }
 
 /// Opens the store a URL names (`postgres://` or `sqlite:`).
@@ -768,6 +790,17 @@ pub(crate) use impl_store;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn databases_are_described_without_credentials() {
+        let pg = describe("postgres://herald:s3cret@db.example:6543/relay?sslmode=disable");
+        assert_eq!(pg, "PostgreSQL database `relay` at db.example:6543");
+        assert!(!pg.contains("s3cret"));
+        assert_eq!(
+            describe("sqlite://data/herald.db"),
+            "SQLite database file data/herald.db"
+        );
+    }
 
     #[test]
     fn ids_increase_even_when_the_clock_is_behind() {
