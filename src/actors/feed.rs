@@ -25,8 +25,12 @@ use crate::store::SharedStore;
 /// How often the feed reads the store even if nobody woke it: the bound on
 /// the delay of an event whose notification was lost.
 const TICK: Duration = Duration::from_millis(500);
-/// Events per store read.
-const PAGE: u32 = 2000;
+/// Events per store read: the first read asks for the upper bound, later
+/// ones aim at `PAGE_BYTES` (a node far behind reads large events a few
+/// at a time).
+const PAGE: (u32, u32) = (16, 2000);
+/// Bytes of frames aimed at per store read.
+const PAGE_BYTES: usize = 1 << 20;
 
 /// The newest id this node has seen committed, shared with the
 /// persistence actor (its guess of where the next ids start).
@@ -81,6 +85,8 @@ pub struct Feed {
     /// The cursor at the last tick: a tick reads only if it has not moved
     /// (this node's own commits find gaps by themselves, see `deliver_local`).
     cursor_at_tick: Ulid,
+    /// Events per store read.
+    page: u32,
 }
 
 impl Feed {
@@ -124,15 +130,21 @@ impl Feed {
         self.again = false;
         let store = Arc::clone(&self.store);
         let after = self.cursor;
+        let limit = self.page;
         ctx.spawn(
-            async move { store.events_after(None, after, PAGE).await }
+            async move { store.events_after(None, after, limit).await }
                 .into_actor(self)
-                .map(|result, feed, ctx| {
+                .map(move |result, feed, ctx| {
                     feed.reading = false;
                     let mut full = false;
                     match result {
                         Ok(page) => {
-                            full = page.len() == PAGE as usize;
+                            full = page.len() == limit as usize;
+                            let bytes: usize = page.iter().map(|e| e.frame().len()).sum();
+                            let per_event = (bytes / page.len().max(1)).max(1);
+                            feed.page = u32::try_from(PAGE_BYTES / per_event)
+                                .unwrap_or(u32::MAX)
+                                .clamp(PAGE.0, PAGE.1);
                             let fresh: Vec<SharedEvent> = page
                                 .into_iter()
                                 .filter(|e| e.id > feed.cursor)
@@ -215,6 +227,7 @@ impl FeedHandle {
             again: false,
             held: Vec::new(),
             cursor_at_tick: newest,
+            page: PAGE.1,
         }
         .start();
         Self { addr, cursor }
