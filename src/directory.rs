@@ -60,6 +60,10 @@ pub struct Directory {
     store: SharedStore,
     // A std RwLock: reads dominate, and no guard is ever held across `.await`.
     inner: RwLock<Inner>,
+    /// Other processes serve this store too (a cluster): a key is checked
+    /// against the store at every use, so a key revoked on another node is
+    /// refused here as soon as that revocation returned.
+    shared: bool,
 }
 
 /// Whether `slug` is acceptable for a new map.
@@ -108,15 +112,17 @@ impl Directory {
         Ok(inner)
     }
 
-    /// Loads every map and key from the store.
+    /// Loads every map and key from the store; `shared` when other
+    /// processes serve it too.
     ///
     /// # Errors
     /// The store cannot be read.
-    pub async fn load(store: SharedStore) -> Result<Self, StoreError> {
+    pub async fn load(store: SharedStore, shared: bool) -> Result<Self, StoreError> {
         let inner = Self::read_all(&store).await?;
         Ok(Self {
             store,
             inner: RwLock::new(inner),
+            shared,
         })
     }
 
@@ -225,16 +231,22 @@ impl Directory {
     }
 
     /// The key whose secret this is: as known here, else as the store has
-    /// it now (created by another process).
+    /// it now (created by another process). In a cluster, always as the
+    /// store has it now.
     ///
     /// # Errors
     /// The store cannot be read.
     pub async fn find_key(&self, secret: &str) -> Result<Option<KeyRecord>, StoreError> {
-        if let Some(key) = self.key_for_secret(secret) {
-            return Ok(Some(key));
+        let known = self.key_for_secret(secret);
+        if known.is_some() && !self.shared {
+            return Ok(known);
         }
         let hash = hash_secret(secret);
         let Some(key) = self.store.find_key(&hash).await? else {
+            if known.is_some() {
+                // Revoked by another process.
+                self.write().keys.remove(&hash);
+            }
             return Ok(None);
         };
         if !hashes_equal(&key.hash, &hash) {

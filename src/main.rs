@@ -86,7 +86,9 @@ async fn create_map(settings: &Settings, slug: &str, name: Option<&str>) -> Resu
     let store = server::open_store(settings)
         .await
         .map_err(|e| e.to_string())?;
-    let directory = Directory::load(store).await.map_err(|e| e.to_string())?;
+    let directory = Directory::load(store, false)
+        .await
+        .map_err(|e| e.to_string())?;
     let (map, issued) = directory
         .create_map(slug, name, None)
         .await

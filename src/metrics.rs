@@ -2,6 +2,10 @@
 //! per-map connection gauges and the commit-latency histogram as Prometheus
 //! text on `/metrics`.
 
+use std::collections::VecDeque;
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -21,7 +25,13 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     connections: IntGauge,
     connections_by_map: IntGaugeVec,
+    /// Recent `(when, published, delivered)` samples, for rates.
+    // A std Mutex: a push and a read, never across an `.await`.
+    samples: Mutex<VecDeque<(Instant, u64, u64)>>,
 }
+
+/// Samples kept for rates: one a second, so rates cover about 5 s.
+const RATE_SAMPLES: usize = 6;
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     // Names and help are static and unique, so creation and registration
@@ -98,11 +108,34 @@ impl Default for Metrics {
             commit_seconds,
             connections,
             connections_by_map,
+            samples: Mutex::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Records the counters now; call about once a second.
+    pub fn sample_rates(&self) {
+        let mut samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        if samples.len() == RATE_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back((Instant::now(), self.published.get(), self.delivered.get()));
+    }
+
+    /// Events published and delivered per second over the last samples.
+    pub fn rates(&self) -> (f64, f64) {
+        let samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        match (samples.front(), samples.back()) {
+            (Some(first), Some(last)) if last.0 > first.0 => {
+                let secs = (last.0 - first.0).as_secs_f64();
+                let per_sec = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
+                (per_sec(first.1, last.1), per_sec(first.2, last.2))
+            }
+            _ => (0.0, 0.0),
+        }
+    }
+
     /// The Prometheus text exposition, with connection gauges read now.
     pub fn render(&self, connections: &ConnectionTable, directory: &Directory) -> String {
         self.connections

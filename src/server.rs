@@ -101,7 +101,7 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
     let runtime = StoreRuntime::start(threads)
         .map_err(|e| StoreError::Unavailable(format!("store threads: {e}")))?;
     let store: SharedStore = Arc::new(Offloaded::new(opened, Arc::clone(&runtime)));
-    let directory = Arc::new(Directory::load(Arc::clone(&store)).await?);
+    let directory = Arc::new(Directory::load(Arc::clone(&store), store::is_postgres(url)).await?);
     directory.seed(&settings.maps).await?;
 
     let mut listeners = Vec::new();
@@ -196,6 +196,7 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
         Arc::clone(&cluster),
     ));
     actix_web::rt::spawn(sweep_rate_limits(Arc::clone(&state.rate_limiter)));
+    actix_web::rt::spawn(sample_rates(Arc::clone(&state.metrics)));
     actix_web::rt::spawn(stop_on_signal(state, server.handle()));
     server.await?;
     for arbiter in hub_arbiters {
@@ -357,6 +358,15 @@ async fn prune_forever(store: SharedStore, settings: Arc<Settings>, cluster: Arc
             Ok(n) => log::info!("forgot {n} expired idempotency keys"),
             Err(err) => log::warn!("idempotency key expiry failed: {err}"),
         }
+    }
+}
+
+/// Feeds the published and delivered rates of `/api/admin/stats`.
+async fn sample_rates(metrics: Arc<Metrics>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        metrics.sample_rates();
     }
 }
 

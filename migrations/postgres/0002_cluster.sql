@@ -18,7 +18,10 @@ CREATE TABLE nodes (
     started_ms BIGINT NOT NULL,
     last_seen_ms BIGINT NOT NULL,
     published BIGINT NOT NULL DEFAULT 0,
-    delivered BIGINT NOT NULL DEFAULT 0
+    delivered BIGINT NOT NULL DEFAULT 0,
+    -- Events per second over the last few seconds, as of the heartbeat.
+    published_rate DOUBLE PRECISION NOT NULL DEFAULT 0,
+    delivered_rate DOUBLE PRECISION NOT NULL DEFAULT 0
 );
 
 -- Open streams of every node: the cluster-wide connection slots.

@@ -81,8 +81,30 @@ pub struct NodeView {
     pub started_ms: i64,
     pub last_seen_ms: i64,
     pub connections: u64,
+    /// As of its last heartbeat.
+    pub counters: Counters,
+}
+
+/// A node's event counters and rates (events per second, recent).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counters {
     pub published: u64,
     pub delivered: u64,
+    pub published_rate: f64,
+    pub delivered_rate: f64,
+}
+
+impl Counters {
+    /// This node's, now.
+    pub fn of(metrics: &crate::metrics::Metrics) -> Self {
+        let (published_rate, delivered_rate) = metrics.rates();
+        Self {
+            published: metrics.published.get(),
+            delivered: metrics.delivered.get(),
+            published_rate,
+            delivered_rate,
+        }
+    }
 }
 
 /// One stream on any node, as the admin API shows it.
@@ -247,8 +269,7 @@ impl Cluster {
                 started_ms: self.started_ms,
                 last_seen_ms: local_now_ms(),
                 connections: local.total(),
-                published: 0,
-                delivered: 0,
+                counters: Counters::default(),
             }]),
         }
     }
@@ -447,11 +468,7 @@ impl Cluster {
             interval.tick().await;
             let before = local_now_ms();
             let beat = shared
-                .heartbeat(
-                    self.id,
-                    state.metrics.published.get(),
-                    state.metrics.delivered.get(),
-                )
+                .heartbeat(self.id, Counters::of(&state.metrics))
                 .await;
             match beat {
                 Ok(Some(db_ms)) => self.observe_db_time(before, db_ms),

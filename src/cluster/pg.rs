@@ -16,7 +16,7 @@ use sqlx::Row as _;
 use tokio::sync::{mpsc, watch};
 use ulid::Ulid;
 
-use super::{ConnectionView, NodeView, Signal};
+use super::{ConnectionView, Counters, NodeView, Signal};
 use crate::auth::{hash_hex, SecretHash};
 use crate::connections::ConnectionInfo;
 use crate::sse_tokens::TokenGrant;
@@ -122,23 +122,20 @@ impl PgCluster {
     ///
     /// # Errors
     /// The database is unreachable.
-    pub async fn heartbeat(
-        &self,
-        id: Ulid,
-        published: u64,
-        delivered: u64,
-    ) -> Result<Option<i64>, StoreError> {
+    pub async fn heartbeat(&self, id: Ulid, counters: Counters) -> Result<Option<i64>, StoreError> {
         let id = id.to_string();
         self.run(|pool| async move {
             sqlx::query_scalar(concat!(
                 "UPDATE nodes SET last_seen_ms = ",
                 db_now!(),
-                ", published = $2, delivered = $3 \
+                ", published = $2, delivered = $3, published_rate = $4, delivered_rate = $5 \
                  WHERE id = $1 RETURNING last_seen_ms"
             ))
             .bind(id)
-            .bind(i64::try_from(published).unwrap_or(i64::MAX))
-            .bind(i64::try_from(delivered).unwrap_or(i64::MAX))
+            .bind(i64::try_from(counters.published).unwrap_or(i64::MAX))
+            .bind(i64::try_from(counters.delivered).unwrap_or(i64::MAX))
+            .bind(counters.published_rate)
+            .bind(counters.delivered_rate)
             .fetch_optional(&pool)
             .await
         })
@@ -342,7 +339,8 @@ impl PgCluster {
             .run(|pool| async move {
                 sqlx::query(concat!(
                     "SELECT n.id, n.name, n.started_ms, n.last_seen_ms, n.published, \
-                     n.delivered, (SELECT count(*) FROM connections c WHERE c.node_id = n.id) \
+                     n.delivered, n.published_rate, n.delivered_rate, \
+                     (SELECT count(*) FROM connections c WHERE c.node_id = n.id) \
                      AS streams FROM nodes n WHERE n.last_seen_ms > ",
                     db_now!(),
                     " - $1 \
@@ -361,8 +359,12 @@ impl PgCluster {
                     started_ms: row.try_get("started_ms")?,
                     last_seen_ms: row.try_get("last_seen_ms")?,
                     connections: u64::try_from(row.try_get::<i64, _>("streams")?).unwrap_or(0),
-                    published: u64::try_from(row.try_get::<i64, _>("published")?).unwrap_or(0),
-                    delivered: u64::try_from(row.try_get::<i64, _>("delivered")?).unwrap_or(0),
+                    counters: Counters {
+                        published: u64::try_from(row.try_get::<i64, _>("published")?).unwrap_or(0),
+                        delivered: u64::try_from(row.try_get::<i64, _>("delivered")?).unwrap_or(0),
+                        published_rate: row.try_get("published_rate")?,
+                        delivered_rate: row.try_get("delivered_rate")?,
+                    },
                 })
             })
             .collect()

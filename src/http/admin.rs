@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{authenticate, int_param, query_params, read_body, resolve_map, MAX_ADMIN_BODY};
-use crate::cluster::Usage;
+use crate::cluster::{Counters, Usage};
 use crate::directory::DirectoryError;
 use crate::error::ApiError;
 use crate::event::{format_millis, parse_ulid};
@@ -382,24 +382,32 @@ pub async fn nodes(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
 }
 
 /// `GET /api/admin/stats`: this node's counters plus the other live
-/// nodes' (as of their last heartbeat).
+/// nodes' (as of their last heartbeat); rates are events per second over
+/// the last few seconds.
 pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     admin(&state, &req).await?;
     let m = &state.metrics;
     let nodes = state.cluster.nodes(&state.connections).await?;
-    let others = nodes.iter().filter(|n| n.id != state.cluster.id);
-    let (published, delivered) = others
-        .fold((m.published.get(), m.delivered.get()), |(p, d), n| {
-            (p + n.published, d + n.delivered)
-        });
+    let total =
+        nodes
+            .iter()
+            .filter(|n| n.id != state.cluster.id)
+            .fold(Counters::of(m), |sum, n| Counters {
+                published: sum.published + n.counters.published,
+                delivered: sum.delivered + n.counters.delivered,
+                published_rate: sum.published_rate + n.counters.published_rate,
+                delivered_rate: sum.delivered_rate + n.counters.delivered_rate,
+            });
     let connections = state.cluster.usage(&state.connections).await?.total;
     Ok(HttpResponse::Ok().json(json!({
         "connections": connections,
         "maps": state.directory.map_count(),
         "nodes": nodes.len(),
         "active_hubs": state.hubs.running(),
-        "published": published,
-        "delivered": delivered,
+        "published": total.published,
+        "delivered": total.delivered,
+        "published_per_sec": total.published_rate,
+        "delivered_per_sec": total.delivered_rate,
         "slow_consumer_disconnects": m.slow_consumer_cuts.get(),
         "store_batches": m.store_batches.get(),
         "store_failures": m.store_failures.get(),

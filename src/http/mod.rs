@@ -5,11 +5,13 @@
 //! - [`stream`]: map streams, the admin firehose, SSE tokens.
 //! - [`events`]: publish and history.
 //! - [`admin`]: maps, keys, limits, connections, nodes, stats.
+//! - [`assets`]: the admin dashboard and the browser client, embedded.
 //! - [`ops`]: health, readiness, metrics.
 //! - [`stream_conn`]: the lean HTTP/1.1 path of connections opened for a stream.
 //! - [`layer_errors`]: actix-http's own error answers, in JSON.
 
 pub mod admin;
+pub mod assets;
 pub mod events;
 pub mod layer_errors;
 pub mod ops;
@@ -97,7 +99,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/api/admin/stats").route(web::get().to(admin::stats)))
         .service(resource("/api/admin/nodes").route(web::get().to(admin::nodes)))
-        .default_service(web::to(not_found));
+        .service(resource("/").route(web::get().to(assets::root)));
+    for path in assets::paths() {
+        cfg.service(resource(path).route(web::get().to(assets::serve)));
+    }
+    cfg.default_service(web::to(not_found));
 }
 
 /// CORS for browsers: the configured origins, with `Authorization` and
