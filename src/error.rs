@@ -158,7 +158,10 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(serde_json::json!({ "error": self.to_string(), "code": self.code() }))
+        response.json(crate::http::api::ErrorBody {
+            error: self.to_string(),
+            code: self.code().to_owned(),
+        })
     }
 }
 

@@ -8,6 +8,7 @@
 
 #![no_main]
 
+use actix_http::HttpMessage as _;
 use arbitrary::Arbitrary;
 use herald::http::stream_conn::{parse_head, Head};
 use libfuzzer_sys::fuzz_target;

@@ -1,11 +1,16 @@
 //! `/api/admin/*`: maps, keys, limits, connections and counters. Every
 //! handler requires the admin token.
 
+use super::api::{
+    self, ConnectionList, ErrorBody, GlobalUsage, KeyCreated, KeyUsage, KeyView, LimitDefaults,
+    LimitsChange, LimitsReport, MapCreated, MapLimits, MapList, MapUsage, MapView, NewMap,
+    NodeList, RateLimit, Stats,
+};
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{authenticate, int_param, query_params, read_body, resolve_map, MAX_ADMIN_BODY};
 use crate::cluster::{Counters, Usage};
@@ -57,32 +62,34 @@ async fn fresh_directory(state: &AppState) {
     }
 }
 
-fn map_json(state: &AppState, usage: &Usage, map: &MapRecord) -> Value {
+fn map_limits(state: &AppState, map: &MapRecord) -> MapLimits {
     let (max_connections, max_connections_per_key) = map.effective_limits(&state.settings.limits);
-    let keys: Vec<Value> = state
+    MapLimits {
+        max_connections,
+        max_connections_per_key,
+    }
+}
+
+fn map_view(state: &AppState, usage: &Usage, map: &MapRecord) -> MapView {
+    let keys = state
         .directory
         .keys_of(map.id)
         .iter()
-        .map(|k| {
-            json!({
-                "key_id": k.id.to_string(),
-                "created_at": ms_text(k.created_ms),
-                "connections": usage.per_key.get(&k.id).copied().unwrap_or(0),
-            })
+        .map(|k| KeyView {
+            key_id: k.id.to_string(),
+            created_at: ms_text(k.created_ms),
+            connections: usage.per_key.get(&k.id).copied().unwrap_or(0),
         })
         .collect();
-    json!({
-        "id": map.id.to_string(),
-        "slug": map.slug,
-        "name": map.name,
-        "created_at": ms_text(map.created_ms),
-        "limits": {
-            "max_connections": max_connections,
-            "max_connections_per_key": max_connections_per_key,
-        },
-        "connections": usage.per_map.get(&map.id).copied().unwrap_or(0),
-        "keys": keys,
-    })
+    MapView {
+        id: map.id.to_string(),
+        slug: map.slug.clone(),
+        name: map.name.clone(),
+        created_at: ms_text(map.created_ms),
+        limits: map_limits(state, map),
+        connections: usage.per_map.get(&map.id).copied().unwrap_or(0),
+        keys,
+    }
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
@@ -97,6 +104,14 @@ struct CreateMap {
 }
 
 /// `POST /api/admin/maps` → 201 with the first key, shown once.
+#[utoipa::path(
+    post, path = "/api/admin/maps", tag = "admin",
+    request_body = NewMap,
+    responses((status = 201, description = "the map and its first key, shown once", body = MapCreated),
+        (status = 400, description = "INVALID_JSON, INVALID_SLUG or INVALID_NAME", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 408, description = "REQUEST_TIMEOUT", body = ErrorBody),
+        (status = 409, description = "MAP_EXISTS", body = ErrorBody), (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("admin" = []))
+)]
 pub async fn create_map(
     req: HttpRequest,
     payload: web::Payload,
@@ -125,15 +140,23 @@ pub async fn create_map(
         map.slug,
         issued.key.id
     );
-    Ok(HttpResponse::Created().json(json!({
-        "id": map.id.to_string(),
-        "slug": map.slug,
-        "key_id": issued.key.id.to_string(),
-        "api_key": issued.secret,
-    })))
+    Ok(HttpResponse::Created().json(MapCreated {
+        id: map.id.to_string(),
+        slug: map.slug.clone(),
+        key_id: issued.key.id.to_string(),
+        api_key: issued.secret,
+    }))
 }
 
 /// `GET /api/admin/maps?limit=&offset=`.
+#[utoipa::path(
+    get, path = "/api/admin/maps", tag = "admin",
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 100"),
+        ("offset" = Option<u64>, Query, minimum = 0, description = "default 0")),
+    responses((status = 200, description = "a page of maps, by id", body = MapList),
+        (status = 400, description = "INVALID_QUERY", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 414, description = "URI_TOO_LONG", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("admin" = []))
+)]
 pub async fn list_maps(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -145,11 +168,18 @@ pub async fn list_maps(
     fresh_directory(&state).await;
     let usage = state.cluster.usage(&state.connections).await?;
     let (total, maps) = state.directory.list(limit, offset);
-    let items: Vec<Value> = maps.iter().map(|m| map_json(&state, &usage, m)).collect();
-    Ok(HttpResponse::Ok().json(json!({ "total": total, "items": items })))
+    let items = maps.iter().map(|m| map_view(&state, &usage, m)).collect();
+    Ok(HttpResponse::Ok().json(MapList { total, items }))
 }
 
 /// `GET /api/admin/maps/{map}`.
+#[utoipa::path(
+    get, path = "/api/admin/maps/{map}", tag = "admin",
+    params(("map" = String, Path, description = "the map's id or slug")),
+    responses((status = 200, description = "the map", body = MapView),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("admin" = []))
+)]
 pub async fn get_map(
     req: HttpRequest,
     path: web::Path<String>,
@@ -161,10 +191,17 @@ pub async fn get_map(
         map = fresh;
     }
     let usage = state.cluster.usage(&state.connections).await?;
-    Ok(HttpResponse::Ok().json(map_json(&state, &usage, &map)))
+    Ok(HttpResponse::Ok().json(map_view(&state, &usage, &map)))
 }
 
 /// `POST /api/admin/maps/{map}/keys` → 201 with the key, shown once.
+#[utoipa::path(
+    post, path = "/api/admin/maps/{map}/keys", tag = "admin",
+    params(("map" = String, Path, description = "the map's id or slug")),
+    responses((status = 201, description = "the key, shown once", body = KeyCreated),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("admin" = []))
+)]
 pub async fn create_key(
     req: HttpRequest,
     path: web::Path<String>,
@@ -173,14 +210,21 @@ pub async fn create_key(
     let map = admin_map(&state, &req, &path).await?;
     let issued = state.directory.add_key(map.id).await?;
     log::info!("key created map={} key={}", map.id, issued.key.id);
-    Ok(HttpResponse::Created().json(json!({
-        "key_id": issued.key.id.to_string(),
-        "api_key": issued.secret,
-    })))
+    Ok(HttpResponse::Created().json(KeyCreated {
+        key_id: issued.key.id.to_string(),
+        api_key: issued.secret,
+    }))
 }
 
 /// `DELETE /api/admin/maps/{map}/keys/{key_id}`: revokes the key and closes
 /// its streams at once.
+#[utoipa::path(
+    delete, path = "/api/admin/maps/{map}/keys/{key_id}", tag = "admin",
+    params(("map" = String, Path, description = "the map's id or slug"), ("key_id" = String, Path, description = "the key's id")),
+    responses((status = 204, description = "revoked; its streams end on every node"),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND or KEY_NOT_FOUND", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("admin" = []))
+)]
 pub async fn revoke_key(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -201,6 +245,15 @@ pub async fn revoke_key(
 
 /// `PUT /api/admin/maps/{map}/limits`: absent fields stay, `null` resets
 /// to the configured default.
+#[utoipa::path(
+    put, path = "/api/admin/maps/{map}/limits", tag = "admin",
+    params(("map" = String, Path, description = "the map's id or slug")),
+    request_body = LimitsChange,
+    responses((status = 200, description = "the map's limits now in force", body = MapLimits),
+        (status = 400, description = "INVALID_JSON or INVALID_LIMITS", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody),
+        (status = 408, description = "REQUEST_TIMEOUT", body = ErrorBody), (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("admin" = []))
+)]
 pub async fn set_limits(
     req: HttpRequest,
     path: web::Path<String>,
@@ -241,18 +294,23 @@ pub async fn set_limits(
         .directory
         .set_limits(map.id, max_connections, max_connections_per_key)
         .await?;
-    let (max_connections, max_connections_per_key) = map.effective_limits(&state.settings.limits);
+    let limits = map_limits(&state, &map);
     log::info!(
-        "limits map={} max_connections={max_connections} per_key={max_connections_per_key}",
-        map.id
+        "limits map={} max_connections={} per_key={}",
+        map.id,
+        limits.max_connections,
+        limits.max_connections_per_key
     );
-    Ok(HttpResponse::Ok().json(json!({
-        "max_connections": max_connections,
-        "max_connections_per_key": max_connections_per_key,
-    })))
+    Ok(HttpResponse::Ok().json(limits))
 }
 
 /// `GET /api/admin/limits`: configured limits with current usage.
+#[utoipa::path(
+    get, path = "/api/admin/limits", tag = "admin",
+    responses((status = 200, description = "configured limits with current usage, every node counted", body = LimitsReport),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("admin" = []))
+)]
 pub async fn limits(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -266,53 +324,59 @@ pub async fn limits(
         per_key,
     } = state.cluster.usage(&state.connections).await?;
     let (total, maps) = state.directory.list(usize::MAX, 0);
-    let maps: Vec<Value> = maps
+    let maps = maps
         .iter()
         .map(|map| {
-            let (max_connections, max_connections_per_key) =
-                map.effective_limits(&state.settings.limits);
-            let keys: Vec<Value> = state
+            let limits = map_limits(&state, map);
+            let keys = state
                 .directory
                 .keys_of(map.id)
                 .iter()
-                .map(|k| {
-                    json!({
-                        "key_id": k.id.to_string(),
-                        "max_connections": max_connections_per_key,
-                        "connections": per_key.get(&k.id).copied().unwrap_or(0),
-                    })
+                .map(|k| KeyUsage {
+                    key_id: k.id.to_string(),
+                    max_connections: limits.max_connections_per_key,
+                    connections: per_key.get(&k.id).copied().unwrap_or(0),
                 })
                 .collect();
-            json!({
-                "map_id": map.id.to_string(),
-                "slug": map.slug,
-                "max_connections": max_connections,
-                "max_connections_per_key": max_connections_per_key,
-                "connections": per_map.get(&map.id).copied().unwrap_or(0),
-                "keys": keys,
-            })
+            MapUsage {
+                map_id: map.id.to_string(),
+                slug: map.slug.clone(),
+                max_connections: limits.max_connections,
+                max_connections_per_key: limits.max_connections_per_key,
+                connections: per_map.get(&map.id).copied().unwrap_or(0),
+                keys,
+            }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "global": {
-            "max_connections": settings.max_connections,
-            "connections": connections,
-            "node_connections": state.connections.total(),
+    Ok(HttpResponse::Ok().json(LimitsReport {
+        global: GlobalUsage {
+            max_connections: settings.max_connections,
+            connections,
+            node_connections: state.connections.total(),
         },
-        "defaults": {
-            "max_connections_per_map": settings.max_connections_per_map,
-            "max_connections_per_key": settings.max_connections_per_key,
+        defaults: LimitDefaults {
+            max_connections_per_map: settings.max_connections_per_map,
+            max_connections_per_key: settings.max_connections_per_key,
         },
-        "rate": {
-            "rate_per_minute": settings.rate_per_minute,
-            "rate_burst": settings.rate_burst,
+        rate: RateLimit {
+            rate_per_minute: settings.rate_per_minute,
+            rate_burst: settings.rate_burst,
         },
-        "total_maps": total,
-        "maps": maps,
-    })))
+        total_maps: total,
+        maps,
+    }))
 }
 
 /// `GET /api/admin/connections?map=&limit=&offset=`.
+#[utoipa::path(
+    get, path = "/api/admin/connections", tag = "admin",
+    params(("map" = Option<String>, Query, description = "only this map's streams (id or slug)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 100"),
+        ("offset" = Option<u64>, Query, minimum = 0, description = "default 0")),
+    responses((status = 200, description = "a page of open streams on every node, by id", body = ConnectionList),
+        (status = 400, description = "INVALID_QUERY", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody), (status = 414, description = "URI_TOO_LONG", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("admin" = []))
+)]
 pub async fn list_connections(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -329,26 +393,31 @@ pub async fn list_connections(
         .cluster
         .connections(&state.connections, map_id, limit, offset)
         .await?;
-    let items: Vec<Value> = streams
+    let items = streams
         .iter()
-        .map(|c| {
-            json!({
-                "id": c.id.to_string(),
-                "node": c.node,
-                "map_id": c.map_id.map(|m| m.to_string()),
-                "key_id": c.key_id.map(|k| k.to_string()),
-                "remote_addr": c.remote_addr,
-                "connected_at": ms_text(c.connected_ms),
-                "events_sent": c.events_sent,
-                "filter": c.filter,
-            })
+        .map(|c| api::ConnectionView {
+            id: c.id.to_string(),
+            node: c.node.clone(),
+            map_id: c.map_id.map(|m| m.to_string()),
+            key_id: c.key_id.map(|k| k.to_string()),
+            remote_addr: c.remote_addr.clone(),
+            connected_at: ms_text(c.connected_ms),
+            events_sent: c.events_sent,
+            filter: c.filter.clone(),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "total": total, "items": items })))
+    Ok(HttpResponse::Ok().json(ConnectionList { total, items }))
 }
 
 /// `DELETE /api/admin/connections/{id}`: the stream ends at once, on
 /// whichever node holds it.
+#[utoipa::path(
+    delete, path = "/api/admin/connections/{id}", tag = "admin",
+    params(("id" = String, Path, description = "the stream's id")),
+    responses((status = 204, description = "closed, on whichever node holds it"),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "CONNECTION_NOT_FOUND", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("admin" = []))
+)]
 pub async fn close_connection(
     req: HttpRequest,
     path: web::Path<String>,
@@ -363,27 +432,37 @@ pub async fn close_connection(
 }
 
 /// `GET /api/admin/nodes`: the live nodes.
+#[utoipa::path(
+    get, path = "/api/admin/nodes", tag = "admin",
+    responses((status = 200, description = "the live nodes", body = NodeList),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("admin" = []))
+)]
 pub async fn nodes(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     admin(&state, &req).await?;
     let nodes = state.cluster.nodes(&state.connections).await?;
-    let items: Vec<Value> = nodes
+    let items = nodes
         .iter()
-        .map(|n| {
-            json!({
-                "id": n.id.to_string(),
-                "name": n.name,
-                "started_at": ms_text(n.started_ms),
-                "last_seen": ms_text(n.last_seen_ms),
-                "connections": n.connections,
-            })
+        .map(|n| api::NodeView {
+            id: n.id.to_string(),
+            name: n.name.clone(),
+            started_at: ms_text(n.started_ms),
+            last_seen: ms_text(n.last_seen_ms),
+            connections: n.connections,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+    Ok(HttpResponse::Ok().json(NodeList { items }))
 }
 
 /// `GET /api/admin/stats`: this node's counters plus the other live
 /// nodes' (as of their last heartbeat); rates are events per second over
 /// the last few seconds.
+#[utoipa::path(
+    get, path = "/api/admin/stats", tag = "admin",
+    responses((status = 200, description = "counters of every node", body = Stats),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("admin" = []))
+)]
 pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     admin(&state, &req).await?;
     let m = &state.metrics;
@@ -399,19 +478,19 @@ pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
                 delivered_rate: sum.delivered_rate + n.counters.delivered_rate,
             });
     let connections = state.cluster.usage(&state.connections).await?.total;
-    Ok(HttpResponse::Ok().json(json!({
-        "connections": connections,
-        "maps": state.directory.map_count(),
-        "nodes": nodes.len(),
-        "active_hubs": state.hubs.running(),
-        "published": total.published,
-        "delivered": total.delivered,
-        "published_per_sec": total.published_rate,
-        "delivered_per_sec": total.delivered_rate,
-        "slow_consumer_disconnects": m.slow_consumer_cuts.get(),
-        "store_batches": m.store_batches.get(),
-        "store_failures": m.store_failures.get(),
-    })))
+    Ok(HttpResponse::Ok().json(Stats {
+        connections,
+        maps: state.directory.map_count(),
+        nodes: nodes.len(),
+        active_hubs: state.hubs.running(),
+        published: total.published,
+        delivered: total.delivered,
+        published_per_sec: total.published_rate,
+        delivered_per_sec: total.delivered_rate,
+        slow_consumer_disconnects: m.slow_consumer_cuts.get(),
+        store_batches: m.store_batches.get(),
+        store_failures: m.store_failures.get(),
+    }))
 }
 
 #[cfg(test)]

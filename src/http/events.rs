@@ -1,6 +1,7 @@
 //! `POST /api/maps/{map}/events` (publish) and `GET /api/maps/{map}/events`
 //! (history pages).
 
+use super::api::{ErrorBody, HistoryPage, PublishBody, Published};
 use actix_web::{web, HttpRequest, HttpResponse};
 use sha2::{Digest, Sha256};
 use ulid::Ulid;
@@ -25,6 +26,15 @@ const MAX_PAGE_BYTES: usize = (1 << 20) - 64;
 /// Publish one event or an array; 201 with the ids once committed. With an
 /// `Idempotency-Key`, a retry of a committed request answers the same ids
 /// and creates nothing.
+#[utoipa::path(
+    post, path = "/api/maps/{map}/events", tag = "events",
+    params(("map" = String, Path, description = "the map's id or slug"), ("Idempotency-Key" = Option<String>, Header, description = "1-128 characters of [A-Za-z0-9_.:-]: a retry with the same key and body answers the first ids")),
+    request_body(content = PublishBody, description = "one event or an array of up to `publish.max_batch`"),
+    responses((status = 201, description = "committed", body = Published),
+        (status = 400, description = "INVALID_JSON, INVALID_EVENT or INVALID_IDEMPOTENCY_KEY", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody),
+        (status = 408, description = "REQUEST_TIMEOUT", body = ErrorBody), (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorBody), (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("publisher" = []))
+)]
 pub async fn publish(
     req: HttpRequest,
     path: web::Path<String>,
@@ -60,8 +70,8 @@ pub async fn publish(
         Outcome::Created(ids) | Outcome::Replayed(ids) => ids,
         Outcome::KeyReused => return Err(ApiError::IdempotencyKeyReused),
     };
-    let ids: Vec<String> = ids.iter().map(Ulid::to_string).collect();
-    Ok(HttpResponse::Created().json(serde_json::json!({ "ids": ids })))
+    let ids = ids.iter().map(Ulid::to_string).collect();
+    Ok(HttpResponse::Created().json(Published { ids }))
 }
 
 /// The `Idempotency-Key` header: 1–128 characters of `[A-Za-z0-9_.:-]`.
@@ -86,6 +96,17 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 }
 
 /// A page of stored events after `after`, oldest first.
+#[utoipa::path(
+    get, path = "/api/maps/{map}/events", tag = "events",
+    params(("map" = String, Path, description = "the map's id or slug"), ("after" = Option<String>, Query, description = "ULID: events after it (default: from the beginning)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 100 (a page also stops at 1 MiB)"),
+        ("events" = Option<String>, Query, description = "comma list of type patterns"),
+        ("sources" = Option<String>, Query, description = "comma list of exact sources")),
+    responses((status = 200, description = "a page, oldest first", body = HistoryPage),
+        (status = 400, description = "INVALID_QUERY, INVALID_LAST_EVENT_ID or INVALID_FILTER", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody),
+        (status = 414, description = "URI_TOO_LONG", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("map_key" = []))
+)]
 pub async fn history(
     req: HttpRequest,
     path: web::Path<String>,

@@ -5,12 +5,14 @@
 //! - [`stream`]: map streams, the admin firehose, SSE tokens.
 //! - [`events`]: publish and history.
 //! - [`admin`]: maps, keys, limits, connections, nodes, stats.
+//! - [`api`]: request and response bodies as types, and `GET /openapi.json`.
 //! - [`assets`]: the admin dashboard and the browser client, embedded.
 //! - [`ops`]: health, readiness, metrics.
 //! - [`stream_conn`]: the lean HTTP/1.1 path of connections opened for a stream.
 //! - [`layer_errors`]: actix-http's own error answers, in JSON.
 
 pub mod admin;
+pub mod api;
 pub mod assets;
 pub mod events;
 pub mod layer_errors;
@@ -99,7 +101,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/api/admin/stats").route(web::get().to(admin::stats)))
         .service(resource("/api/admin/nodes").route(web::get().to(admin::nodes)))
-        .service(resource("/").route(web::get().to(assets::root)));
+        .service(resource("/").route(web::get().to(assets::root)))
+        .service(resource("/openapi.json").route(web::get().to(api::openapi_json)));
     for path in assets::paths() {
         cfg.service(resource(path).route(web::get().to(assets::serve)));
     }
@@ -165,8 +168,10 @@ pub async fn json_errors(
         text => text,
     };
     let (request, _) = response.into_parts();
-    let json =
-        HttpResponse::build(status).json(serde_json::json!({ "error": message, "code": code }));
+    let json = HttpResponse::build(status).json(api::ErrorBody {
+        error: message,
+        code: code.to_owned(),
+    });
     Ok(ServiceResponse::new(request, json).map_into_right_body())
 }
 

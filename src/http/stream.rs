@@ -1,6 +1,7 @@
 //! `GET /api/maps/{map}/events/stream`, the admin firehose
 //! `GET /api/events/stream`, and `POST /api/maps/{map}/sse-tokens`.
 
+use super::api::{ErrorBody, SseToken};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -22,6 +23,19 @@ use crate::state::AppState;
 use crate::store::{MapRecord, Scope};
 
 /// Subscribe to one map.
+#[utoipa::path(
+    get, path = "/api/maps/{map}/events/stream", tag = "streams",
+    params(("map" = String, Path, description = "the map's id or slug"), ("events" = Option<String>, Query, description = "comma list of type patterns"),
+        ("sources" = Option<String>, Query, description = "comma list of exact sources"),
+        ("last_event_id" = Option<String>, Query, description = "ULID to resume after (the Last-Event-ID header wins)"),
+        ("token" = Option<String>, Query, description = "a single-use SSE token instead of a Bearer key"),
+        ("Last-Event-ID" = Option<String>, Header, description = "ULID to resume after")),
+    responses((status = 200, description = "the event stream: `retry`, `connected`, `backfill_truncated`?, backfill, live events, keep-alive comments", content_type = "text/event-stream", body = String),
+        (status = 400, description = "INVALID_LAST_EVENT_ID, INVALID_FILTER or INVALID_QUERY", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody),
+        (status = 414, description = "URI_TOO_LONG", body = ErrorBody), (status = 429, description = "RATE_LIMITED, GLOBAL_CONNECTION_LIMIT, MAP_CONNECTION_LIMIT or API_KEY_CONNECTION_LIMIT", body = ErrorBody),
+        (status = 503, description = "SSE_DISABLED or STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("map_key" = []))
+)]
 pub async fn map_stream(
     req: HttpRequest,
     path: web::Path<String>,
@@ -37,6 +51,17 @@ pub async fn map_stream(
 }
 
 /// Subscribe to every map (admin token only).
+#[utoipa::path(
+    get, path = "/api/events/stream", tag = "streams",
+    params(("events" = Option<String>, Query, description = "comma list of type patterns"),
+        ("sources" = Option<String>, Query, description = "comma list of exact sources"),
+        ("last_event_id" = Option<String>, Query, description = "ULID to resume after (the Last-Event-ID header wins)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "ULID to resume after")),
+    responses((status = 200, description = "the event stream: `retry`, `connected`, `backfill_truncated`?, backfill, live events, keep-alive comments", content_type = "text/event-stream", body = String),
+        (status = 400, description = "INVALID_LAST_EVENT_ID, INVALID_FILTER or INVALID_QUERY", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
+        (status = 414, description = "URI_TOO_LONG", body = ErrorBody), (status = 429, description = "RATE_LIMITED or GLOBAL_CONNECTION_LIMIT", body = ErrorBody), (status = 503, description = "SSE_DISABLED or STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("admin" = []))
+)]
 pub async fn firehose(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -48,6 +73,13 @@ pub async fn firehose(
 }
 
 /// Mint a single-use token for `?token=` (browsers' EventSource).
+#[utoipa::path(
+    post, path = "/api/maps/{map}/sse-tokens", tag = "streams",
+    params(("map" = String, Path, description = "the map's id or slug")),
+    responses((status = 201, description = "a single-use token", body = SseToken),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody), (status = 429, description = "RATE_LIMITED", body = ErrorBody), (status = 503, description = "SSE_DISABLED or STORE_UNAVAILABLE", body = ErrorBody)),
+    security(("map_key" = []))
+)]
 pub async fn sse_token(
     req: HttpRequest,
     path: web::Path<String>,
@@ -70,10 +102,10 @@ pub async fn sse_token(
             key_id,
         })
         .await?;
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "token": token,
-        "expires_in": state.sse_tokens.ttl().as_secs(),
-    })))
+    Ok(HttpResponse::Created().json(SseToken {
+        token,
+        expires_in: state.sse_tokens.ttl().as_secs(),
+    }))
 }
 
 /// The client's resume position: the `Last-Event-ID` header wins over the
