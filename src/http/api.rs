@@ -77,6 +77,19 @@ pub struct HistoryPage {
     pub next: Option<String>,
 }
 
+/// One frame of an event stream, as an SSE parser reads it: `connected`
+/// (data: `{map_id, connection_id, server_time}`), `backfill_truncated`
+/// (data: `{requested, oldest_available}`), or an event (`id`, its `type`
+/// as `event`, its [`Envelope`] as `data`). Comments (keep-alives) and
+/// `retry:` are not events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    /// JSON text.
+    pub data: String,
+}
+
 /// A single-use token for `?token=`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SseToken {

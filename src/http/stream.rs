@@ -1,7 +1,7 @@
 //! `GET /api/maps/{map}/events/stream`, the admin firehose
 //! `GET /api/events/stream`, and `POST /api/maps/{map}/sse-tokens`.
 
-use super::api::{ErrorBody, SseToken};
+use super::api::{ErrorBody, SseEvent, SseToken};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use crate::store::{MapRecord, Scope};
         ("last_event_id" = Option<String>, Query, description = "ULID to resume after (the Last-Event-ID header wins)"),
         ("token" = Option<String>, Query, description = "a single-use SSE token instead of a Bearer key"),
         ("Last-Event-ID" = Option<String>, Header, description = "ULID to resume after")),
-    responses((status = 200, description = "the event stream: `retry`, `connected`, `backfill_truncated`?, backfill, live events, keep-alive comments", content_type = "text/event-stream", body = String),
+    responses((status = 200, description = "the event stream: `retry`, `connected`, `backfill_truncated`?, backfill, live events, keep-alive comments", content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "INVALID_LAST_EVENT_ID, INVALID_FILTER or INVALID_QUERY", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody),
         (status = 414, description = "URI_TOO_LONG", body = ErrorBody), (status = 429, description = "RATE_LIMITED, GLOBAL_CONNECTION_LIMIT, MAP_CONNECTION_LIMIT or API_KEY_CONNECTION_LIMIT", body = ErrorBody),
         (status = 503, description = "SSE_DISABLED or STORE_UNAVAILABLE", body = ErrorBody)),
@@ -57,7 +57,7 @@ pub async fn map_stream(
         ("sources" = Option<String>, Query, description = "comma list of exact sources"),
         ("last_event_id" = Option<String>, Query, description = "ULID to resume after (the Last-Event-ID header wins)"),
         ("Last-Event-ID" = Option<String>, Header, description = "ULID to resume after")),
-    responses((status = 200, description = "the event stream: `retry`, `connected`, `backfill_truncated`?, backfill, live events, keep-alive comments", content_type = "text/event-stream", body = String),
+    responses((status = 200, description = "the event stream: `retry`, `connected`, `backfill_truncated`?, backfill, live events, keep-alive comments", content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "INVALID_LAST_EVENT_ID, INVALID_FILTER or INVALID_QUERY", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
         (status = 414, description = "URI_TOO_LONG", body = ErrorBody), (status = 429, description = "RATE_LIMITED or GLOBAL_CONNECTION_LIMIT", body = ErrorBody), (status = 503, description = "SSE_DISABLED or STORE_UNAVAILABLE", body = ErrorBody)),
     security(("admin" = []))
