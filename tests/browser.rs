@@ -428,10 +428,11 @@ async fn dashboard_edits_limits_and_keys(backend: Backend) {
 
     // Readable on a phone: nothing wider than 360 px.
     browser.call("viewport", json!({ "width": 360 })).await;
-    let width = browser
-        .eval("document.documentElement.scrollWidth")
-        .await;
-    assert!(width.as_u64() <= Some(360), "page {width} px wide at 360 px");
+    let width = browser.eval("document.documentElement.scrollWidth").await;
+    assert!(
+        width.as_u64() <= Some(360),
+        "page {width} px wide at 360 px"
+    );
     browser.assert_clean_console().await;
     browser.close().await;
 }
@@ -473,7 +474,10 @@ async fn dashboard_tail_and_sign_in() {
     // sessionStorage only.
     browser.fill("#token-input", ADMIN).await;
     browser
-        .call("press", json!({ "selector": "#token-input", "key": "Enter" }))
+        .call(
+            "press",
+            json!({ "selector": "#token-input", "key": "Enter" }),
+        )
         .await;
     browser.wait_for("#dashboard", "visible").await;
     assert!(!browser.visible("#alert").await, "stale alert");

@@ -57,8 +57,9 @@
  *   change of state; returns a function that removes the listener.
  * - `state` — `"idle"` (not started), `"connecting"`, `"open"`, `"backoff"`
  *   (waiting `delayMs` before the next attempt) or `"closed"`.
- * - `lastError` — the last {@link HeraldError} (null once open again,
- *   kept when closed); `lastEventId` — the resume position.
+ * - `lastError` — the last {@link HeraldError}: why it is in `backoff`,
+ *   or why it `closed` by itself; null while open and after `close()`.
+ *   `lastEventId` — the resume position.
  *
  * Behaviour:
  * - Resumes with the last id seen (`connected`'s id included) as
@@ -105,9 +106,8 @@ function retryAfterSeconds(value) {
 }
 
 /**
- * The error of a non-200 answer. A page on another origin cannot read
- * `Retry-After` unless herald exposes it (`Access-Control-Expose-Headers`);
- * then the seconds herald's error sentence names ("retry in N s") stand in.
+ * The error of a non-200 answer. herald exposes `Retry-After` to pages of
+ * other origins (`Access-Control-Expose-Headers`).
  */
 async function errorOf(response) {
   let body = {};
@@ -117,15 +117,10 @@ async function errorOf(response) {
     // Not JSON (a proxy's page): the status says enough.
   }
   const message = typeof body.error === "string" ? body.error : `HTTP ${response.status}`;
-  let retryAfter = retryAfterSeconds(response.headers.get("Retry-After"));
-  if (retryAfter == null && response.status === 429) {
-    const m = /retry in (\d+) s/.exec(message);
-    if (m) retryAfter = Number(m[1]);
-  }
   return new HeraldError(message, {
     status: response.status,
     code: typeof body.code === "string" ? body.code : `HTTP_${response.status}`,
-    retryAfter,
+    retryAfter: retryAfterSeconds(response.headers.get("Retry-After")),
   });
 }
 

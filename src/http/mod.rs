@@ -119,6 +119,8 @@ pub fn cors(allowed_origins: &[String]) -> Cors {
             header::CONTENT_TYPE,
             header::HeaderName::from_static("last-event-id"),
         ])
+        // A page on another origin must see how long to wait after a 429.
+        .expose_headers([header::RETRY_AFTER])
         .max_age(3600);
     if allowed_origins.iter().any(|o| o == "*") {
         cors.allow_any_origin()

@@ -135,6 +135,8 @@ try {
   await page.screenshot({ path: args.out, fullPage: true });
   await page.setViewportSize({ width: 360, height: 780 });
   await sleep(1500);
+  const width = await page.evaluate(() => document.documentElement.scrollWidth);
+  if (width > 360) console.warn(`the page is ${width} px wide at 360 px`);
   await page.screenshot({ path: args.narrow, fullPage: true });
   console.log(`wrote ${args.out} and ${args.narrow}`);
 } finally {
