@@ -820,3 +820,51 @@ async fn client_waits_out_a_429() {
     browser.assert_clean_console().await;
     browser.close().await;
 }
+
+/// `/docs` renders every operation of `/openapi.json`, under its CSP, with
+/// nothing thrown or logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_page_lists_every_operation() {
+    let _serial = SERIAL.lock().await;
+    let relay = Relay::start(Backend::Sqlite).await;
+    let doc: Value = relay
+        .http
+        .get(relay.url("/openapi.json"))
+        .send()
+        .await
+        .expect("openapi.json")
+        .json()
+        .await
+        .expect("JSON");
+    let operations: usize = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|methods| methods.as_object().map_or(0, serde_json::Map::len))
+        .sum();
+    let mut browser = Browser::launch().await;
+    browser.open(&relay.url("/docs"), 360).await;
+    let shown = browser
+        .eval_until(
+            "operations rendered",
+            "document.querySelectorAll('#operations section').length",
+            Duration::from_secs(10),
+            |v| v.as_u64().is_some_and(|n| n > 0),
+        )
+        .await;
+    assert_eq!(shown, json!(operations), "one section per operation");
+    let publish = browser
+        .text("#publish h2")
+        .await
+        .expect("the publish operation");
+    assert!(publish.contains("POST") && publish.contains("/api/maps/{map}/events"));
+    assert_eq!(
+        browser
+            .eval("document.documentElement.scrollWidth <= 360")
+            .await,
+        json!(true),
+        "readable at 360 px"
+    );
+    browser.assert_clean_console().await;
+    browser.close().await;
+}

@@ -1,5 +1,6 @@
 //! The web assets herald serves itself, embedded in the binary (no CDN,
-//! works with no internet): the admin dashboard at `/admin` and the browser
+//! works with no internet): the admin dashboard at `/admin`, the API
+//! reference at `/docs` (a page rendering `/openapi.json`) and the browser
 //! client at `/herald.js`. Their sources are in `web/`.
 
 use actix_web::http::header;
@@ -32,6 +33,21 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../web/admin/admin.css"),
     },
     Asset {
+        path: "/docs",
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("../../web/docs/index.html"),
+    },
+    Asset {
+        path: "/docs/docs.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../web/docs/docs.js"),
+    },
+    Asset {
+        path: "/docs/docs.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../../web/docs/docs.css"),
+    },
+    Asset {
         path: "/herald.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../../web/herald.js"),
@@ -60,7 +76,7 @@ pub async fn serve(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError
         // Small files that change with the binary: always revalidated.
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Content-Type-Options", "nosniff"));
-    if asset.path.starts_with("/admin") {
+    if asset.path.starts_with("/admin") || asset.path.starts_with("/docs") {
         response
             .insert_header(("Content-Security-Policy", CONTENT_SECURITY_POLICY))
             .insert_header(("Referrer-Policy", "no-referrer"));
