@@ -8,6 +8,7 @@
 //! so `herald map create` sends it too); `c:<id>` a stream is to be closed.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,14 @@ pub struct PgCluster {
     runtime: Arc<StoreRuntime>,
     /// The newest id this node committed, for the notifier task.
     committed: watch::Sender<Option<Ulid>>,
+    /// The notifier's connection: a notification is only a wake-up, so it
+    /// does not wait for its commit to reach the disk
+    /// (`synchronous_commit = off`) — a notification per group commit must
+    /// not double the fsyncs of the commits themselves.
+    notifier: PgPool,
+    /// Other live nodes exist (as of the last heartbeat): alone, a node
+    /// notifies nobody.
+    others: AtomicBool,
     node_timeout_ms: i64,
 }
 
@@ -74,12 +83,23 @@ impl PgCluster {
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone().application_name(&format!("herald:{name}")));
+        let notifier = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(
+                options
+                    .clone()
+                    .application_name(&format!("herald:{name}"))
+                    .options([("synchronous_commit", "off")]),
+            );
         let listen_options = options.application_name(&format!("herald-listen:{name}"));
         Ok(Self {
             pool,
             listen_options,
             runtime,
             committed: watch::channel(None).0,
+            notifier,
+            others: AtomicBool::new(true),
             node_timeout_ms: i64::try_from(node_timeout.as_millis()).unwrap_or(i64::MAX),
         })
     }
@@ -100,21 +120,29 @@ impl PgCluster {
     /// The database is unreachable.
     pub async fn register(&self, id: Ulid, name: &str) -> Result<i64, StoreError> {
         let (id, name) = (id.to_string(), name.to_owned());
-        self.run(|pool| async move {
-            sqlx::query_scalar(concat!(
-                "INSERT INTO nodes (id, name, started_ms, last_seen_ms) \
-                 VALUES ($1, $2, ",
-                db_now!(),
-                ", ",
-                db_now!(),
-                ") RETURNING started_ms"
-            ))
-            .bind(id)
-            .bind(name)
-            .fetch_one(&pool)
-            .await
-        })
-        .await
+        let timeout = self.node_timeout_ms;
+        let (started, others): (i64, i64) = self
+            .run(|pool| async move {
+                sqlx::query_as(concat!(
+                    "INSERT INTO nodes (id, name, started_ms, last_seen_ms) \
+                     VALUES ($1, $2, ",
+                    db_now!(),
+                    ", ",
+                    db_now!(),
+                    ") RETURNING started_ms, (SELECT count(*) FROM nodes \
+                     WHERE last_seen_ms > ",
+                    db_now!(),
+                    " - $3)"
+                ))
+                .bind(id)
+                .bind(name)
+                .bind(timeout)
+                .fetch_one(&pool)
+                .await
+            })
+            .await?;
+        self.others.store(others > 0, Ordering::Relaxed);
+        Ok(started)
     }
 
     /// Says this node is alive, with its counters. Returns the database's
@@ -124,22 +152,32 @@ impl PgCluster {
     /// The database is unreachable.
     pub async fn heartbeat(&self, id: Ulid, counters: Counters) -> Result<Option<i64>, StoreError> {
         let id = id.to_string();
-        self.run(|pool| async move {
-            sqlx::query_scalar(concat!(
-                "UPDATE nodes SET last_seen_ms = ",
-                db_now!(),
-                ", published = $2, delivered = $3, published_rate = $4, delivered_rate = $5 \
-                 WHERE id = $1 RETURNING last_seen_ms"
-            ))
-            .bind(id)
-            .bind(i64::try_from(counters.published).unwrap_or(i64::MAX))
-            .bind(i64::try_from(counters.delivered).unwrap_or(i64::MAX))
-            .bind(counters.published_rate)
-            .bind(counters.delivered_rate)
-            .fetch_optional(&pool)
-            .await
-        })
-        .await
+        let timeout = self.node_timeout_ms;
+        let beat: Option<(i64, i64)> = self
+            .run(|pool| async move {
+                sqlx::query_as(concat!(
+                    "UPDATE nodes SET last_seen_ms = ",
+                    db_now!(),
+                    ", published = $2, delivered = $3, published_rate = $4, \
+                     delivered_rate = $5 WHERE id = $1 RETURNING last_seen_ms, \
+                     (SELECT count(*) FROM nodes o WHERE o.id <> $1 AND o.last_seen_ms > ",
+                    db_now!(),
+                    " - $6)"
+                ))
+                .bind(id)
+                .bind(i64::try_from(counters.published).unwrap_or(i64::MAX))
+                .bind(i64::try_from(counters.delivered).unwrap_or(i64::MAX))
+                .bind(counters.published_rate)
+                .bind(counters.delivered_rate)
+                .bind(timeout)
+                .fetch_optional(&pool)
+                .await
+            })
+            .await?;
+        Ok(beat.map(|(db_ms, others)| {
+            self.others.store(others > 0, Ordering::Relaxed);
+            db_ms
+        }))
     }
 
     /// Puts a node taken for dead back, with its open streams.
@@ -587,14 +625,16 @@ impl PgCluster {
     /// notification is sent after the commit, by a task that coalesces: at
     /// most one is in flight, and it names the newest id.
     pub fn committed(&self, last: Ulid) {
-        self.committed.send_replace(Some(last));
+        if self.others.load(Ordering::Relaxed) {
+            self.committed.send_replace(Some(last));
+        }
     }
 
     /// Starts the notifier and the listener; `signals` receives what the
     /// listener hears, and [`Signal::Resync`] after every (re)connect.
     pub fn start(&self, signals: mpsc::UnboundedSender<Signal>) {
         let mut committed = self.committed.subscribe();
-        let pool = self.pool.clone();
+        let pool = self.notifier.clone();
         self.runtime.spawn(async move {
             while committed.changed().await.is_ok() {
                 let Some(last) = *committed.borrow_and_update() else {

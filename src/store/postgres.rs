@@ -61,9 +61,14 @@ impl PgStore {
             // A commit abandoned by its timeout between statements would
             // keep the id clock locked, for every node, until its
             // connection is used again: PostgreSQL ends such a session.
+            // Commits run the same few statements thousands of times a
+            // second: planned once (generic plans), not at every run.
             writer: lazy_pool(
                 WRITER_CONNECTIONS,
-                options.options([("idle_in_transaction_session_timeout", "5s")]),
+                options.options([
+                    ("idle_in_transaction_session_timeout", "5s"),
+                    ("plan_cache_mode", "force_generic_plan"),
+                ]),
             ),
         })
     }
@@ -145,40 +150,50 @@ const INSERT_AND_ADVANCE: &str = "WITH clock AS (\
         WHERE EXISTS (SELECT 1 FROM clock)\
      ) SELECT EXISTS (SELECT 1 FROM clock)";
 
-/// [`INSERT_AND_ADVANCE`] for a group with idempotency keys: the keys of
-/// `$8`/`$9` bound less than `$11` ms ago are returned (`seen`), their
-/// publications' events (`$12` is each event's key) are not inserted, and
-/// the other keys are bound (`$10` body hashes, `$13` ids; an expired
-/// binding is replaced). Every write depends on the clock: a binding made
-/// after this statement's snapshot was taken moved the clock, so then
-/// nothing is written and the caller retries under the lock.
+/// [`INSERT_AND_ADVANCE`] for a group with idempotency keys (`$8`/`$9`):
+/// the bindings of those keys are looked up (`seen`; `live` when less than
+/// `$11` ms old), the events of publications whose key is live (`$12` is
+/// each event's key) are not inserted, and the other keys are bound (`$10`
+/// body hashes, `$13` ids): an expired binding is renewed in place, a new
+/// one inserted. No other binding of these keys can appear meanwhile: every
+/// binding is written under the clock's lock, and a binding made after this
+/// statement's snapshot moved the clock, so then nothing is written and the
+/// caller retries under the lock. Returns the live bindings.
 const INSERT_BIND_AND_ADVANCE: &str = concat!(
     "WITH clock AS (",
     "UPDATE id_clock SET last_id = $6 WHERE last_id = $7 RETURNING 1",
     "), seen AS (",
-    "SELECT k.map_id, k.key, k.body_hash, k.ids FROM idempotency_keys k ",
-    "JOIN UNNEST($8::text[], $9::text[]) AS u (map_id, key) ",
-    "ON k.map_id = u.map_id AND k.key = u.key ",
-    "WHERE k.created_ms > (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT - $11",
+    // One primary-key lookup per key: `LIMIT 1` keeps the planner from
+    // flattening the subquery into a join sized from a guess, which
+    // scanned the whole table at every commit.
+    "SELECT k.map_id, k.key, k.body_hash, k.ids, ",
+    "k.created_ms > (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT - $11 AS live ",
+    "FROM UNNEST($8::text[], $9::text[]) AS u (map_id, key) ",
+    "CROSS JOIN LATERAL (SELECT * FROM idempotency_keys i ",
+    "WHERE i.map_id = u.map_id AND i.key = u.key LIMIT 1) AS k",
     "), inserted AS (",
     "INSERT INTO events (map_id, id, type, source, payload) ",
     "SELECT e.map_id, e.id, e.type, e.source, e.payload ",
     "FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $12::text[]) ",
     "AS e (map_id, id, type, source, payload, key) ",
-    "WHERE EXISTS (SELECT 1 FROM clock) ",
-    "AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.map_id = e.map_id AND s.key = e.key)",
+    "WHERE EXISTS (SELECT 1 FROM clock) AND NOT EXISTS ",
+    "(SELECT 1 FROM seen s WHERE s.live AND s.map_id = e.map_id AND s.key = e.key)",
+    "), keys AS (",
+    "SELECT * FROM UNNEST($8::text[], $9::text[], $10::text[], $13::text[]) ",
+    "AS u (map_id, key, body_hash, ids)",
+    "), renewed AS (",
+    "UPDATE idempotency_keys i SET body_hash = u.body_hash, ids = u.ids, ",
+    "created_ms = (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT ",
+    "FROM keys u WHERE i.map_id = u.map_id AND i.key = u.key AND EXISTS (SELECT 1 FROM clock) ",
+    "AND EXISTS (SELECT 1 FROM seen s WHERE NOT s.live AND s.map_id = u.map_id AND s.key = u.key)",
     "), bound AS (",
     "INSERT INTO idempotency_keys (map_id, key, body_hash, ids, created_ms) ",
     "SELECT u.map_id, u.key, u.body_hash, u.ids, ",
-    "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT ",
-    "FROM UNNEST($8::text[], $9::text[], $10::text[], $13::text[]) ",
-    "AS u (map_id, key, body_hash, ids) ",
+    "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT FROM keys u ",
     "WHERE EXISTS (SELECT 1 FROM clock) ",
-    "AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.map_id = u.map_id AND s.key = u.key) ",
-    "ON CONFLICT (map_id, key) DO UPDATE SET body_hash = EXCLUDED.body_hash, ",
-    "ids = EXCLUDED.ids, created_ms = EXCLUDED.created_ms",
+    "AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.map_id = u.map_id AND s.key = u.key)",
     ") SELECT EXISTS (SELECT 1 FROM clock) AS advanced, s.map_id, s.key, s.body_hash, s.ids ",
-    "FROM (SELECT 1) AS one LEFT JOIN seen s ON TRUE"
+    "FROM (SELECT 1) AS one LEFT JOIN seen s ON s.live"
 );
 
 /// Writes a group after `previous` if the clock is there: `None` if it

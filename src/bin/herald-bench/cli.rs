@@ -190,6 +190,9 @@ pub struct IngestArgs {
     /// Seconds of publishing.
     #[arg(short = 'd', long, default_value_t = 5.0)]
     pub duration: f64,
+    /// Send a unique `Idempotency-Key` with every request (herald only).
+    #[arg(long)]
+    pub idempotency_keys: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -249,12 +249,24 @@ impl Publisher {
 
     /// Publishes `events` in one request; `Ok` once the server acknowledged.
     pub async fn publish(&mut self, events: &[BenchFields]) -> Result<(), String> {
+        self.publish_keyed(events, None).await
+    }
+
+    /// [`Publisher::publish`] with an `Idempotency-Key`.
+    pub async fn publish_keyed(
+        &mut self,
+        events: &[BenchFields],
+        key: Option<&str>,
+    ) -> Result<(), String> {
         self.channel
             .write_publish_body(&mut self.body, events, self.payload_bytes);
         let auth = self.channel.publish_auth.clone();
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2);
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(3);
         if let Some(auth) = auth.as_deref() {
             headers.push(("Authorization", auth));
+        }
+        if let Some(key) = key {
+            headers.push(("Idempotency-Key", key));
         }
         headers.push((
             "Content-Type",

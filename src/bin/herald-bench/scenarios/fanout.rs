@@ -79,6 +79,7 @@ pub async fn run(ctx: &Ctx, target: &Target, args: &FanoutArgs) -> Result<Report
         duration,
         payload_bytes: args.payload_bytes,
         timeout: ctx.timeout,
+        idempotency_keys: false,
     };
     let unique_before = crowd.progress.unique();
     let published = publish::run(Arc::clone(&channel), &plan).await;

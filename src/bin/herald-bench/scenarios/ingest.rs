@@ -1,6 +1,8 @@
 //! `ingest`: C concurrent publishers, batches of B, for T seconds, no
 //! subscribers: acknowledged events/s and acknowledgement latency. On herald
-//! an acknowledgement means the events are committed to its store.
+//! an acknowledgement means the events are committed to its store; with
+//! `--idempotency-keys`, every request carries a key of its own, checked
+//! and bound in the same commit.
 
 use std::sync::Arc;
 
@@ -17,6 +19,9 @@ pub async fn run(ctx: &Ctx, target: &Target, args: &IngestArgs) -> Result<Report
     if args.publishers == 0 || args.publishers > 1000 {
         return Err("--publishers must be 1..=1000".to_owned());
     }
+    if args.idempotency_keys && target.kind != crate::target::TargetKind::Herald {
+        return Err("--idempotency-keys is herald's".to_owned());
+    }
     let channel = Arc::new(target.create_channel(0).await?);
     if args.batch == 0 || args.batch > channel.max_batch() {
         return Err(format!(
@@ -32,6 +37,7 @@ pub async fn run(ctx: &Ctx, target: &Target, args: &IngestArgs) -> Result<Report
         duration,
         payload_bytes: args.payload_bytes,
         timeout: ctx.timeout,
+        idempotency_keys: args.idempotency_keys,
     };
     let outcome = publish::run(Arc::clone(&channel), &plan).await;
     let secs = outcome.elapsed().as_secs_f64();

@@ -22,6 +22,8 @@ pub struct PublishPlan {
     pub duration: Duration,
     pub payload_bytes: usize,
     pub timeout: Duration,
+    /// Send a unique `Idempotency-Key` with every request (herald).
+    pub idempotency_keys: bool,
 }
 
 /// What all publishers did.
@@ -97,7 +99,10 @@ pub async fn run(channel: Arc<Channel>, plan: &PublishPlan) -> PublishOutcome {
                     sent_us,
                 }));
                 let sent = Instant::now();
-                match publisher.publish(&events).await {
+                let key = plan
+                    .idempotency_keys
+                    .then(|| format!("bench-{p}-{}", out.seq));
+                match publisher.publish_keyed(&events, key.as_deref()).await {
                     Ok(()) => {
                         let now = Instant::now();
                         out.ack
