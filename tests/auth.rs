@@ -1030,7 +1030,11 @@ async fn assert_json_if_error(response: reqwest::Response, what: &str) {
 async fn unknown_routes_and_methods_answer_json(backend: Backend) {
     let relay = Relay::start(backend).await;
     let map = relay.create_map().await;
-    for path in ["/nope", "/api/maps", "/api/maps/x/y/z", "/api/admin", "/"] {
+    // `/` leads to the dashboard.
+    let root = relay.http.get(relay.url("/")).send().await.expect("request");
+    assert_eq!(root.status(), 200);
+    assert_eq!(root.url().path(), "/admin", "`/` redirects to the dashboard");
+    for path in ["/nope", "/api/maps", "/api/maps/x/y/z", "/api/admin", "/admin/nope"] {
         let response = relay
             .http
             .get(relay.url(path))
