@@ -1031,10 +1031,25 @@ async fn unknown_routes_and_methods_answer_json(backend: Backend) {
     let relay = Relay::start(backend).await;
     let map = relay.create_map().await;
     // `/` leads to the dashboard.
-    let root = relay.http.get(relay.url("/")).send().await.expect("request");
+    let root = relay
+        .http
+        .get(relay.url("/"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(root.status(), 200);
-    assert_eq!(root.url().path(), "/admin", "`/` redirects to the dashboard");
-    for path in ["/nope", "/api/maps", "/api/maps/x/y/z", "/api/admin", "/admin/nope"] {
+    assert_eq!(
+        root.url().path(),
+        "/admin",
+        "`/` redirects to the dashboard"
+    );
+    for path in [
+        "/nope",
+        "/api/maps",
+        "/api/maps/x/y/z",
+        "/api/admin",
+        "/admin/nope",
+    ] {
         let response = relay
             .http
             .get(relay.url(path))
