@@ -122,3 +122,98 @@ fn ingest_and_backfill_with_a_spawned_relay() {
         "{report:#}"
     );
 }
+
+#[test]
+fn cluster_of_two_nodes_on_postgres() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let herald = env!("CARGO_BIN_EXE_herald");
+    let database = common::postgres_url();
+    let report = bench(
+        dir.path(),
+        &[
+            "--spawn-herald",
+            herald,
+            "--database-url",
+            &database,
+            "cluster",
+            "--nodes",
+            "2",
+            "--idle-streams",
+            "20",
+            "--idle-maps",
+            "2",
+            "--streams-per-worker",
+            "8",
+            "--hold",
+            "0.2",
+            "--settle",
+            "0.2",
+            "--fanout-subscribers",
+            "10",
+            "--fanout-publishers",
+            "2",
+            "--fanout-duration",
+            "1",
+            "--latency-subscribers",
+            "10",
+            "--latency-rate",
+            "50",
+            "--latency-duration",
+            "1",
+            "--ingest-publishers",
+            "2",
+            "--ingest-batches",
+            "10",
+            "--ingest-duration",
+            "1",
+            "--pause",
+            "0.1",
+        ],
+    );
+    assert_eq!(report["scenario"], "cluster", "{report:#}");
+    let cases = report["cases"].as_array().expect("cases");
+    let names: Vec<&str> = cases.iter().filter_map(|c| c["case"].as_str()).collect();
+    assert_eq!(names, ["idle", "fanout", "latency", "ingest-b10"]);
+    for case in cases {
+        let one = case["one_node"].as_array().expect("one_node runs");
+        let two = case["cluster"].as_array().expect("cluster runs");
+        assert_eq!((one.len(), two.len()), (1, 1), "{case:#}");
+        assert_eq!(two[0]["params"]["nodes"], 2, "{case:#}");
+        match case["case"].as_str() {
+            Some("idle") => {
+                // 20 streams over 2 nodes and 3 client processes; the single
+                // node holds its share.
+                assert_eq!(metric(&two[0], "streams"), 20.0, "{case:#}");
+                assert_eq!(metric(&two[0], "listed"), 20.0, "{case:#}");
+                assert_eq!(metric(&two[0], "client_processes"), 3.0, "{case:#}");
+                assert_eq!(metric(&one[0], "streams"), 10.0, "{case:#}");
+                for run in [&one[0], &two[0]] {
+                    assert_eq!(metric(run, "failed"), 0.0, "{case:#}");
+                }
+            }
+            Some("fanout" | "latency") => {
+                for run in [&one[0], &two[0]] {
+                    assert_eq!(metric(run, "lost"), 0.0, "{case:#}");
+                    assert_eq!(metric(run, "repeats"), 0.0, "{case:#}");
+                    assert!(metric(run, "published") > 0.0, "{case:#}");
+                    assert_eq!(
+                        metric(run, "deliveries"),
+                        metric(run, "published") * 10.0,
+                        "every subscriber gets every event: {case:#}"
+                    );
+                }
+            }
+            _ => {
+                for run in [&one[0], &two[0]] {
+                    assert!(metric(run, "acked") > 0.0, "{case:#}");
+                    assert_eq!(metric(run, "errors"), 0.0, "{case:#}");
+                }
+            }
+        }
+    }
+    assert_eq!(
+        report["targets"].as_array().map(Vec::len),
+        Some(4),
+        "{report:#}"
+    );
+}

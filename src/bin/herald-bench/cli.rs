@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 
 use crate::target::TargetKind;
 
@@ -104,6 +105,121 @@ pub enum Scenario {
     /// Run a scenario against herald and Nchan alternately (A B A B ...),
     /// print medians and ratios, and plot both as SVG.
     Compare(CompareArgs),
+    /// herald as a cluster: N nodes spawned on one PostgreSQL schema, each
+    /// phase run on a single node and on the N nodes alternately (idle
+    /// streams, flat-out fan-out, cross-node latency, ingest); needs
+    /// --spawn-herald and --database-url postgres://...
+    Cluster(ClusterArgs),
+    /// (internal) A client process of `cluster`: holds idle streams as told
+    /// on stdin, reports on stdout.
+    #[command(hide = true)]
+    StreamWorker,
+}
+
+/// A phase of `cluster`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Idle streams spread over the nodes: how many, RSS per stream per node.
+    Idle,
+    /// Flat-out fan-out, subscribers and publishers on every node.
+    Fanout,
+    /// Publish on the first node, subscribe on the others, at a fixed rate.
+    Latency,
+    /// Durable ingest, publishers on every node.
+    Ingest,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// herald nodes on the one database (1: the single-node run alone).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Skip the single-node run of each phase (the baseline).
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Phases to run, in this order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_values_t = [Phase::Idle, Phase::Fanout, Phase::Latency, Phase::Ingest]
+    )]
+    pub phases: Vec<Phase>,
+    /// Alternations per phase (one node, N nodes, one node, ...); medians
+    /// are reported. Every run gets freshly started nodes and schema.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Seconds of pause between runs.
+    #[arg(long, default_value_t = 2.0)]
+    pub pause: f64,
+    /// Payload bytes per event.
+    #[arg(short = 'p', long, default_value_t = 100)]
+    pub payload_bytes: usize,
+
+    /// idle: streams in all over the N nodes (the single node holds its
+    /// share, streams / N).
+    #[arg(long, default_value_t = 3000)]
+    pub idle_streams: usize,
+    /// idle: maps the streams are spread over (stream i: node i % N, map
+    /// (i / N) % maps). Slots are counted per map and key in PostgreSQL.
+    #[arg(long, default_value_t = 1)]
+    pub idle_maps: usize,
+    /// idle: streams one client process holds at most (it may open
+    /// about 64 fewer files than its limit); more streams start more
+    /// client processes.
+    #[arg(long, default_value_t = 19_000)]
+    pub streams_per_worker: usize,
+    /// idle: seconds to hold the streams once all are open.
+    #[arg(long, default_value_t = 3.0)]
+    pub hold: f64,
+    /// idle: seconds to wait before reading the nodes' RSS.
+    #[arg(long, default_value_t = 1.0)]
+    pub settle: f64,
+
+    /// fanout: subscribers in all.
+    #[arg(long, default_value_t = 1000)]
+    pub fanout_subscribers: usize,
+    /// fanout: publishers in all (round robin over the nodes), each as
+    /// fast as acknowledged.
+    #[arg(long, default_value_t = 6)]
+    pub fanout_publishers: usize,
+    /// fanout: seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub fanout_duration: f64,
+
+    /// latency: subscribers in all (on every node but the publisher's).
+    #[arg(long, default_value_t = 1000)]
+    pub latency_subscribers: usize,
+    /// latency: events per second (one publisher, on the first node).
+    #[arg(long, default_value_t = 100.0)]
+    pub latency_rate: f64,
+    /// latency: seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub latency_duration: f64,
+
+    /// ingest: publishers in all (round robin over the nodes).
+    #[arg(long, default_value_t = 16)]
+    pub ingest_publishers: usize,
+    /// ingest: events per request, one run each (comma list).
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 1])]
+    pub ingest_batches: Vec<usize>,
+    /// ingest: seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub ingest_duration: f64,
+
+    /// fanout and latency: subscribers being opened at once. Every stream
+    /// connect takes its map's slot in PostgreSQL under the map's row lock,
+    /// and a node gives up on a pooled connection after 3 s (503), so a
+    /// burst of many connects to one map is refused in part.
+    #[arg(long, default_value_t = 32)]
+    pub subscribe_concurrency: usize,
+    /// Seconds allowed after publishing for the last deliveries.
+    #[arg(long, default_value_t = 15.0)]
+    pub drain: f64,
+    /// Seconds allowed for opening all streams of a run.
+    #[arg(long, default_value_t = 300.0)]
+    pub open_timeout: f64,
 }
 
 #[derive(Debug, Clone, Subcommand)]

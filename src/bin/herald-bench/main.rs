@@ -4,6 +4,7 @@
 //! ```text
 //! herald-bench [--target herald|nchan] [--spawn-herald PATH | --url URL] \
 //!     connections | fanout | ingest | backfill | compare <scenario> [--out FILE]
+//! herald-bench --spawn-herald PATH --database-url postgres://... cluster --nodes N
 //! ```
 //!
 //! Subscribers are raw tokio `TcpStream`s speaking HTTP/1.1 with an
@@ -57,10 +58,15 @@ fn main() -> ExitCode {
         }
     };
     let max_time = Duration::from_secs(cli.common.max_time);
+    // A run cut short (time cap, Ctrl-C, SIGTERM) is dropped: the herald
+    // processes, schemas and client processes it started go with it.
     let result = runtime.block_on(async {
-        match tokio::time::timeout(max_time, run(cli)).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("stopped: the run exceeded --max-time {max_time:?}")),
+        tokio::select! {
+            outcome = tokio::time::timeout(max_time, run(cli)) => match outcome {
+                Ok(result) => result,
+                Err(_) => Err(format!("stopped: the run exceeded --max-time {max_time:?}")),
+            },
+            signal = interrupted() => Err(format!("stopped by {signal}")),
         }
     });
     // Dropping the runtime ends whatever is still pending.
@@ -71,6 +77,21 @@ fn main() -> ExitCode {
             eprintln!("herald-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (never, if they cannot be watched).
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }
 
@@ -111,6 +132,17 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Scenario::Cluster(args) => {
+            let options = spawn_options(&common)?
+                .ok_or("cluster spawns its nodes: give --spawn-herald PATH")?;
+            let report = scenarios::cluster::run(&ctx, &common, &options, args).await?;
+            if let Some(out) = &common.out {
+                write_json(out, &report)?;
+                println!("\nresults: {}", out.display());
+            }
+            Ok(())
+        }
+        Scenario::StreamWorker => scenarios::cluster::worker(&ctx).await,
         Scenario::Compare(args) => {
             let herald = herald_target(&common, &ctx, &mut spawned).await?;
             let nchan = nchan_target(&common, &ctx, false).await?;
@@ -172,32 +204,8 @@ async fn herald_target(
     spawned: &mut Option<SpawnedHerald>,
 ) -> Result<Target, String> {
     let mut pids = common.server_pid.clone();
-    let endpoint = if let Some(binary) = &common.spawn_herald {
-        if common.url.is_some() {
-            return Err("give --spawn-herald or --url, not both".to_owned());
-        }
-        let env = common
-            .herald_env
-            .iter()
-            .map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .ok_or_else(|| format!("--herald-env `{kv}`: expected KEY=VALUE"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let herald = SpawnedHerald::start(
-            &SpawnOptions {
-                binary: binary.clone(),
-                database_url: common.database_url.clone(),
-                workers: common.herald_workers,
-                env,
-                log_level: common.herald_log.clone(),
-                admin_token: common.admin_token.clone(),
-                publisher_token: common.publisher_token.clone(),
-            },
-            Duration::from_secs(30),
-        )
-        .await?;
+    let endpoint = if let Some(options) = spawn_options(common)? {
+        let herald = SpawnedHerald::start(&options, Duration::from_secs(30)).await?;
         println!(
             "started herald pid {} at {} ({})",
             herald.pid,
@@ -236,6 +244,36 @@ async fn herald_target(
         server_pids: pids,
         timeout: ctx.timeout,
     })
+}
+
+/// How to start herald, from --spawn-herald and its companions (`None`
+/// without --spawn-herald).
+fn spawn_options(common: &Common) -> Result<Option<SpawnOptions>, String> {
+    let Some(binary) = &common.spawn_herald else {
+        return Ok(None);
+    };
+    if common.url.is_some() {
+        return Err("give --spawn-herald or --url, not both".to_owned());
+    }
+    let env = common
+        .herald_env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("--herald-env `{kv}`: expected KEY=VALUE"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(SpawnOptions {
+        binary: binary.clone(),
+        database_url: common.database_url.clone(),
+        workers: common.herald_workers,
+        env,
+        log_level: common.herald_log.clone(),
+        admin_token: common.admin_token.clone(),
+        publisher_token: common.publisher_token.clone(),
+        node_name: None,
+    }))
 }
 
 /// Nchan at --url (single runs) or --nchan-url.

@@ -24,13 +24,53 @@ pub fn render(
     nchan_p: Option<&Percentiles>,
 ) -> Result<(), String> {
     crate::report::create_parent(path)?;
-    draw(path, scenario, herald, nchan, herald_p, nchan_p)
-        .map_err(|e| format!("plot {}: {e}", path.display()))
+    draw(
+        path,
+        &format!("herald vs Nchan — {scenario}"),
+        ["herald", "nchan"],
+        herald,
+        nchan,
+        herald_p,
+        nchan_p,
+    )
+    .map_err(|e| format!("plot {}: {e}", path.display()))
+}
+
+/// The same plot for any two sides (e.g. one node and a cluster), each
+/// side's percentiles the median of its runs.
+pub fn render_sides(
+    path: &Path,
+    title: &str,
+    names: [&str; 2],
+    first: &[Report],
+    second: &[Report],
+) -> Result<(), String> {
+    crate::report::create_parent(path)?;
+    let of = |runs: &[Report]| {
+        Percentiles::median_of(
+            &runs
+                .iter()
+                .filter_map(|r| r.percentiles.as_ref())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (first_p, second_p) = (of(first), of(second));
+    draw(
+        path,
+        title,
+        names,
+        first,
+        second,
+        first_p.as_ref(),
+        second_p.as_ref(),
+    )
+    .map_err(|e| format!("plot {}: {e}", path.display()))
 }
 
 fn draw(
     path: &Path,
-    scenario: &str,
+    title: &str,
+    names: [&str; 2],
     herald: &[Report],
     nchan: &[Report],
     herald_p: Option<&Percentiles>,
@@ -51,14 +91,11 @@ fn draw(
 
     let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.titled(
-        &format!("herald vs Nchan — {scenario} ({params})"),
-        ("sans-serif", 20),
-    )?;
+    let root = root.titled(&format!("{title} ({params})"), ("sans-serif", 20))?;
     let (left, right) = root.split_horizontally(600);
 
     // Left: percentiles (medians over rounds), log scale.
-    let series: Vec<Series<'_>> = [("herald", HERALD, herald_p), ("nchan", NCHAN, nchan_p)]
+    let series: Vec<Series<'_>> = [(names[0], HERALD, herald_p), (names[1], NCHAN, nchan_p)]
         .into_iter()
         .filter_map(|(name, color, p)| {
             p.map(|p| {
@@ -142,8 +179,8 @@ fn draw(
             .collect()
     };
     let tput: Vec<Series<'_>> = vec![
-        ("herald", HERALD, per_round(herald)),
-        ("nchan", NCHAN, per_round(nchan)),
+        (names[0], HERALD, per_round(herald)),
+        (names[1], NCHAN, per_round(nchan)),
     ];
     let top = tput
         .iter()
@@ -210,7 +247,20 @@ fn compact_params(params: &serde_json::Value) -> String {
         .as_object()
         .map(|o| {
             o.iter()
-                .filter(|(k, _)| k.as_str() != "client_threads")
+                // Bookkeeping, not load (the nodes of a cluster run are
+                // in the legend).
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "client_threads"
+                            | "herald_database"
+                            | "case"
+                            | "nodes"
+                            | "cluster_nodes"
+                            | "subscribe_nodes"
+                            | "publish_nodes"
+                    )
+                })
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(", ")

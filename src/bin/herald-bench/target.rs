@@ -163,6 +163,13 @@ impl Target {
 }
 
 impl Channel {
+    /// The same channel reached through another server (a cluster node).
+    pub fn on(&self, endpoint: &Endpoint) -> Self {
+        let mut channel = self.clone();
+        channel.endpoint = endpoint.clone();
+        channel
+    }
+
     /// Events one publish request may carry.
     pub fn max_batch(&self) -> usize {
         match self.kind {
@@ -357,6 +364,8 @@ pub struct SpawnOptions {
     pub log_level: String,
     pub admin_token: String,
     pub publisher_token: String,
+    /// `cluster.node_name` (default: herald's own, host name and port).
+    pub node_name: Option<String>,
 }
 
 /// A herald process started by the bench; stopped (SIGTERM) on drop.
@@ -367,7 +376,69 @@ pub struct SpawnedHerald {
     pub dir: PathBuf,
     pub log: PathBuf,
     pub database: String,
-    pg_schema: Option<(String, String)>,
+    /// The schema made for this process alone (dropped when it stops).
+    pg_schema: Option<PgSchema>,
+}
+
+/// A fresh PostgreSQL schema for a run; dropped by [`PgSchema::drop_now`]
+/// or when this is dropped.
+pub struct PgSchema {
+    url: String,
+    schema: String,
+}
+
+impl PgSchema {
+    /// Creates a uniquely named schema in the database of `url` (refusing
+    /// a database on another machine).
+    pub async fn create(url: &str) -> Result<Self, String> {
+        check_database_url(url)?;
+        let schema = unique_name("bench").replace('-', "_");
+        create_pg_schema(url, &schema).await?;
+        Ok(Self {
+            url: url.to_owned(),
+            schema,
+        })
+    }
+
+    /// The database's URL (without the schema).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.schema
+    }
+
+    /// The URL herald connects with: the schema is its search path.
+    pub fn herald_url(&self) -> String {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{sep}options[search_path]={}", self.url, self.schema)
+    }
+
+    /// Drops the schema and everything in it (once).
+    pub fn drop_now(&mut self) {
+        if self.schema.is_empty() {
+            return;
+        }
+        let _ = Command::new("psql")
+            .arg(&self.url)
+            .args([
+                "-q",
+                "-c",
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        self.schema.clear();
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        self.drop_now();
+    }
 }
 
 /// Refuses a database URL whose host is not this machine.
@@ -404,36 +475,64 @@ impl SpawnedHerald {
     /// Starts herald on an ephemeral loopback port with the rate limit off
     /// and connection limits raised; waits for its `listening` line.
     pub async fn start(options: &SpawnOptions, timeout: Duration) -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(unique_name("herald-bench"));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
         // From here on, dropping `spawned` (on any error below) removes the
         // temp dir, the schema and the process again.
-        let log = dir.join("herald.log");
-        let mut spawned = Self {
-            child: None,
-            endpoint: Endpoint::parse("http://127.0.0.1:1")?,
-            pid: 0,
-            log: log.clone(),
-            dir: dir.clone(),
-            database: String::new(),
-            pg_schema: None,
-        };
+        let mut spawned = Self::unstarted()?;
         let database = match &options.database_url {
-            None => format!("sqlite://{}", dir.join("herald.db").display()),
+            None => format!("sqlite://{}", spawned.dir.join("herald.db").display()),
             Some(url) if url.starts_with("postgres") => {
-                check_database_url(url)?;
-                let schema = unique_name("bench").replace('-', "_");
-                create_pg_schema(url, &schema).await?;
-                spawned.pg_schema = Some((url.clone(), schema.clone()));
-                let sep = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{sep}options[search_path]={schema}")
+                let schema = PgSchema::create(url).await?;
+                let database = schema.herald_url();
+                spawned.pg_schema = Some(schema);
+                database
             }
             Some(url) => {
                 check_database_url(url)?;
                 url.clone()
             }
         };
-        spawned.database.clone_from(&database);
+        spawned.launch(options, database, timeout).await?;
+        Ok(spawned)
+    }
+
+    /// Starts herald on `database` (a full URL, schema included), which
+    /// other processes may share: it is left in place when this one stops.
+    pub async fn start_on(
+        options: &SpawnOptions,
+        database: &str,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        check_database_url(database)?;
+        let mut spawned = Self::unstarted()?;
+        spawned
+            .launch(options, database.to_owned(), timeout)
+            .await?;
+        Ok(spawned)
+    }
+
+    /// A temp dir and no process yet.
+    fn unstarted() -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(unique_name("herald-bench"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
+        Ok(Self {
+            child: None,
+            endpoint: Endpoint::parse("http://127.0.0.1:1")?,
+            pid: 0,
+            log: dir.join("herald.log"),
+            dir,
+            database: String::new(),
+            pg_schema: None,
+        })
+    }
+
+    async fn launch(
+        &mut self,
+        options: &SpawnOptions,
+        database: String,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let (dir, log) = (self.dir.clone(), self.log.clone());
+        self.database.clone_from(&database);
         let config = dir.join("settings.toml");
         let workers = options
             .workers
@@ -455,7 +554,8 @@ impl SpawnedHerald {
         // The child runs in its temp dir: resolve a relative binary path first.
         let binary = std::fs::canonicalize(&options.binary)
             .map_err(|e| format!("herald binary {}: {e}", options.binary.display()))?;
-        let mut child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .arg("--config")
             .arg(&config)
             .arg("serve")
@@ -464,12 +564,16 @@ impl SpawnedHerald {
             .env("RUST_LOG", &options.log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log_file)
+            .stderr(log_file);
+        if let Some(name) = &options.node_name {
+            command.env("HERALD__CLUSTER__NODE_NAME", name);
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| format!("start {}: {e}", options.binary.display()))?;
         let stdout = child.stdout.take();
-        spawned.pid = child.id();
-        spawned.child = Some(child);
+        self.pid = child.id();
+        self.child = Some(child);
         let stdout = stdout.ok_or("no stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -488,8 +592,8 @@ impl SpawnedHerald {
                     std::fs::read_to_string(&log).unwrap_or_default()
                 )
             })?;
-        spawned.endpoint = Endpoint::parse(&addr)?;
-        Ok(spawned)
+        self.endpoint = Endpoint::parse(&addr)?;
+        Ok(())
     }
 
     /// SIGTERM, then SIGKILL after 10 s; drops the temporary PostgreSQL
@@ -513,19 +617,21 @@ impl SpawnedHerald {
                 }
             }
         }
-        if let Some((url, schema)) = self.pg_schema.take() {
-            let _ = Command::new("psql")
-                .arg(&url)
-                .args([
-                    "-q",
-                    "-c",
-                    &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-                ])
-                .stdout(Stdio::null())
+        if let Some(mut schema) = self.pg_schema.take() {
+            schema.drop_now();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// Sends SIGTERM without waiting (several processes then stop at once;
+    /// [`Self::stop`] waits).
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
                 .stderr(Stdio::null())
                 .status();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 
     /// Whether the process is still running.

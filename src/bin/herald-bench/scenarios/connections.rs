@@ -30,7 +30,7 @@ pub async fn run(ctx: &Ctx, target: &Target, args: &ConnectionsArgs) -> Result<R
     let crowd = Crowd::start(
         &ctx.shards,
         &CrowdConfig {
-            channel: Arc::clone(&channel),
+            channels: vec![Arc::clone(&channel)],
             subscribers: args.connections,
             publishers: 0,
             mode: Mode::Idle,

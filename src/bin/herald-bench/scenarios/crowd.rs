@@ -142,7 +142,9 @@ impl CrowdReport {
 /// Settings of a crowd.
 #[derive(Debug, Clone)]
 pub struct CrowdConfig {
-    pub channel: Arc<Channel>,
+    /// Copies of one channel on one or more servers (cluster nodes):
+    /// subscriber `i` of the crowd opens `channels[i % channels.len()]`.
+    pub channels: Vec<Arc<Channel>>,
     pub subscribers: usize,
     /// Publishers whose sequences are tracked.
     pub publishers: usize,
@@ -165,10 +167,16 @@ impl Crowd {
     pub fn start(shards: &Shards, config: &CrowdConfig) -> Self {
         let progress = Arc::new(Progress::default());
         let n = shards.len();
+        // No channel, no subscriber (and nothing to index).
+        let subscribers = if config.channels.is_empty() {
+            0
+        } else {
+            config.subscribers
+        };
         let mut stops = Vec::new();
         let mut reports = Vec::new();
         for shard in 0..n {
-            let count = config.subscribers / n + usize::from(shard < config.subscribers % n);
+            let count = subscribers / n + usize::from(shard < subscribers % n);
             if count == 0 {
                 continue;
             }
@@ -177,13 +185,13 @@ impl Crowd {
             let progress = Arc::clone(&progress);
             let per_thread = config.connect_concurrency.div_ceil(n).max(1);
             reports.push(shards.run(shard, move || {
-                run_shard(config, progress, count, per_thread, stop_rx)
+                run_shard(config, progress, (shard, n), count, per_thread, stop_rx)
             }));
             stops.push(stop_tx);
         }
         Self {
             progress,
-            size: config.subscribers,
+            size: subscribers,
             stops,
             reports,
         }
@@ -256,6 +264,7 @@ struct SubState {
 async fn run_shard(
     config: CrowdConfig,
     progress: Arc<Progress>,
+    (shard, shards): (usize, usize),
     count: usize,
     concurrency: usize,
     stop: oneshot::Receiver<()>,
@@ -285,9 +294,20 @@ async fn run_shard(
             }))
         })
         .collect();
+    // This thread's subscribers are numbers shard, shard + shards, ... of
+    // the crowd: the channels' round robin holds over the whole crowd.
     let tasks: Vec<_> = states
         .iter()
-        .map(|state| tokio::task::spawn_local(run_subscriber(Rc::clone(&shared), Rc::clone(state))))
+        .enumerate()
+        .map(|(i, state)| {
+            let channels = &shared.config.channels;
+            let channel = Arc::clone(&channels[(i * shards + shard) % channels.len()]);
+            tokio::task::spawn_local(run_subscriber(
+                Rc::clone(&shared),
+                channel,
+                Rc::clone(state),
+            ))
+        })
         .collect();
     let _ = stop.await;
     for task in &tasks {
@@ -315,14 +335,14 @@ async fn run_shard(
 /// How long a subscriber keeps trying to come back after its stream ended.
 const RECONNECT_FOR: Duration = Duration::from_secs(30);
 
-async fn run_subscriber(shared: Rc<Shared>, state: Rc<RefCell<SubState>>) {
+async fn run_subscriber(shared: Rc<Shared>, channel: Arc<Channel>, state: Rc<RefCell<SubState>>) {
     let timeout = shared.config.timeout;
     let first = {
         let Ok(_slot) = shared.open_slots.acquire().await else {
             return;
         };
         let started = Instant::now();
-        let opened = subscriber::open(&shared.config.channel, None, timeout).await;
+        let opened = subscriber::open(&channel, None, timeout).await;
         if opened.is_ok() {
             let us = started.elapsed().as_micros() as u64;
             shared.connect.borrow_mut().saturating_record(us.max(1));
@@ -355,7 +375,7 @@ async fn run_subscriber(shared: Rc<Shared>, state: Rc<RefCell<SubState>>) {
         loop {
             let last_id = state.borrow().last_id.clone();
             let last = (!last_id.is_empty()).then_some(last_id.as_slice());
-            match subscriber::open(&shared.config.channel, last, timeout).await {
+            match subscriber::open(&channel, last, timeout).await {
                 Ok(s) => {
                     state.borrow_mut().result.reconnects += 1;
                     stream = s;

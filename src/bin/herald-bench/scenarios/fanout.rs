@@ -13,17 +13,63 @@ use super::publish::{self, PublishPlan};
 use super::{check_stream_count, secs, Ctx};
 use crate::cli::FanoutArgs;
 use crate::report::{Better, Metrics, Percentiles, Report};
-use crate::target::{Target, TargetKind};
+use crate::target::{Channel, Target, TargetKind};
 
 /// Quiet time after which the drain stops waiting.
 const DRAIN_STALL: Duration = Duration::from_secs(5);
 
+/// Told when publishing starts (`"publish"`) and when the drain is over
+/// (`"drained"`), e.g. to read the servers' CPU time over just that span.
+pub type Probe = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Where a run's subscribers and publishers go: copies of one channel on
+/// one or more servers (the nodes of a cluster), taken round robin.
+#[derive(Clone)]
+pub struct Spread {
+    pub subscribe: Vec<Arc<Channel>>,
+    pub publish: Vec<Arc<Channel>>,
+    /// Streams being opened at once (default: the run's
+    /// --connect-concurrency).
+    pub connect_concurrency: Option<usize>,
+    pub probe: Option<Probe>,
+}
+
+impl Spread {
+    /// Everything on one server.
+    pub fn one(channel: &Arc<Channel>) -> Self {
+        Self::over(vec![Arc::clone(channel)], vec![Arc::clone(channel)])
+    }
+
+    /// Subscribers round robin over `subscribe`, publishers over `publish`.
+    pub fn over(subscribe: Vec<Arc<Channel>>, publish: Vec<Arc<Channel>>) -> Self {
+        Self {
+            subscribe,
+            publish,
+            connect_concurrency: None,
+            probe: None,
+        }
+    }
+
+    fn probe(&self, at: &str) {
+        if let Some(probe) = &self.probe {
+            probe(at);
+        }
+    }
+}
+
 pub async fn run(ctx: &Ctx, target: &Target, args: &FanoutArgs) -> Result<Report, String> {
+    validate(target.kind, args)?;
+    let channel = Arc::new(target.create_channel(args.subscribers).await?);
+    run_on(ctx, target, args, &Spread::one(&channel)).await
+}
+
+/// Refuses arguments a run cannot use.
+pub fn validate(kind: TargetKind, args: &FanoutArgs) -> Result<(), String> {
     check_stream_count(args.subscribers)?;
-    let duration = secs(args.duration, "--duration")?;
-    let drain = secs(args.drain, "--drain")?;
-    let open_timeout = secs(args.open_timeout, "--open-timeout")?;
-    if args.batch > 1 && target.kind == TargetKind::Nchan {
+    secs(args.duration, "--duration")?;
+    secs(args.drain, "--drain")?;
+    secs(args.open_timeout, "--open-timeout")?;
+    if args.batch > 1 && kind == TargetKind::Nchan {
         return Err("Nchan publishes one message per request: use --batch 1".to_owned());
     }
     if args.batch == 0 || args.batch > 1000 {
@@ -32,16 +78,39 @@ pub async fn run(ctx: &Ctx, target: &Target, args: &FanoutArgs) -> Result<Report
     if args.publishers == 0 || args.publishers > 1000 {
         return Err("--publishers must be 1..=1000".to_owned());
     }
-    let channel = Arc::new(target.create_channel(args.subscribers).await?);
+    Ok(())
+}
+
+/// The run on a channel set up already (its limits let every subscriber
+/// in), subscribers and publishers spread as `spread` says.
+pub async fn run_on(
+    ctx: &Ctx,
+    target: &Target,
+    args: &FanoutArgs,
+    spread: &Spread,
+) -> Result<Report, String> {
+    validate(target.kind, args)?;
+    let duration = secs(args.duration, "--duration")?;
+    let drain = secs(args.drain, "--drain")?;
+    let open_timeout = secs(args.open_timeout, "--open-timeout")?;
+    let channel = spread
+        .subscribe
+        .first()
+        .or(spread.publish.first())
+        .cloned()
+        .ok_or("no channel to run on")?;
     let crowd = Crowd::start(
         &ctx.shards,
         &CrowdConfig {
-            channel: Arc::clone(&channel),
+            channels: spread.subscribe.clone(),
             subscribers: args.subscribers,
             publishers: args.publishers,
             mode: Mode::Reconnect,
             timeout: ctx.timeout,
-            connect_concurrency: ctx.connect_concurrency,
+            connect_concurrency: spread
+                .connect_concurrency
+                .unwrap_or(ctx.connect_concurrency)
+                .max(1),
         },
     );
     let open_started = Instant::now();
@@ -82,7 +151,8 @@ pub async fn run(ctx: &Ctx, target: &Target, args: &FanoutArgs) -> Result<Report
         idempotency_keys: false,
     };
     let unique_before = crowd.progress.unique();
-    let published = publish::run(Arc::clone(&channel), &plan).await;
+    spread.probe("publish");
+    let published = publish::run(&spread.publish, &plan).await;
 
     // Drain: wait until every open subscriber has every acked event.
     eprintln!(
@@ -109,6 +179,7 @@ pub async fn run(ctx: &Ctx, target: &Target, args: &FanoutArgs) -> Result<Report
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    spread.probe("drained");
     let closed = crowd.progress.closed();
     let report = crowd.stop().await;
 

@@ -12,24 +12,48 @@ use super::publish::{self, PublishPlan};
 use super::{secs, Ctx};
 use crate::cli::IngestArgs;
 use crate::report::{Better, Metrics, Percentiles, Report};
-use crate::target::Target;
+use crate::target::{Channel, Target, TargetKind};
 
 pub async fn run(ctx: &Ctx, target: &Target, args: &IngestArgs) -> Result<Report, String> {
-    let duration = secs(args.duration, "--duration")?;
+    validate(target.kind, args)?;
+    let channel = Arc::new(target.create_channel(0).await?);
+    run_on(ctx, target, args, &[channel]).await
+}
+
+/// Refuses arguments a run cannot use.
+pub fn validate(kind: TargetKind, args: &IngestArgs) -> Result<(), String> {
+    secs(args.duration, "--duration")?;
     if args.publishers == 0 || args.publishers > 1000 {
         return Err("--publishers must be 1..=1000".to_owned());
     }
-    if args.idempotency_keys && target.kind != crate::target::TargetKind::Herald {
+    if args.idempotency_keys && kind != TargetKind::Herald {
         return Err("--idempotency-keys is herald's".to_owned());
     }
-    let channel = Arc::new(target.create_channel(0).await?);
-    if args.batch == 0 || args.batch > channel.max_batch() {
+    let max_batch = match kind {
+        TargetKind::Herald => 1000,
+        TargetKind::Nchan => 1,
+    };
+    if args.batch == 0 || args.batch > max_batch {
         return Err(format!(
-            "--batch must be 1..={} for {}",
-            channel.max_batch(),
-            target.kind.name()
+            "--batch must be 1..={max_batch} for {}",
+            kind.name()
         ));
     }
+    Ok(())
+}
+
+/// The run on a channel set up already; publisher `p` publishes on
+/// `channels[p % channels.len()]` (copies of one channel on the nodes of
+/// a cluster).
+pub async fn run_on(
+    ctx: &Ctx,
+    target: &Target,
+    args: &IngestArgs,
+    channels: &[Arc<Channel>],
+) -> Result<Report, String> {
+    validate(target.kind, args)?;
+    let duration = secs(args.duration, "--duration")?;
+    let channel = channels.first().ok_or("no channel to publish on")?;
     let plan = PublishPlan {
         publishers: args.publishers,
         batch: args.batch,
@@ -39,7 +63,7 @@ pub async fn run(ctx: &Ctx, target: &Target, args: &IngestArgs) -> Result<Report
         timeout: ctx.timeout,
         idempotency_keys: args.idempotency_keys,
     };
-    let outcome = publish::run(Arc::clone(&channel), &plan).await;
+    let outcome = publish::run(channels, &plan).await;
     let secs = outcome.elapsed().as_secs_f64();
     let per_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     let ack = Percentiles::of(&outcome.ack);

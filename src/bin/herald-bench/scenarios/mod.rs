@@ -2,6 +2,7 @@
 //! bounded time and returns a [`Report`].
 
 pub mod backfill;
+pub mod cluster;
 pub mod compare;
 pub mod connections;
 pub mod crowd;

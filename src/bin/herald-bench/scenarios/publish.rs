@@ -56,15 +56,23 @@ impl PublishOutcome {
 const MAX_CONSECUTIVE_ERRORS: u32 = 20;
 
 /// Runs the publishers to the end of the plan (on the calling runtime).
-pub async fn run(channel: Arc<Channel>, plan: &PublishPlan) -> PublishOutcome {
+/// `channels` are copies of one channel on one or more servers (cluster
+/// nodes): publisher `p` publishes on `channels[p % channels.len()]`.
+pub async fn run(channels: &[Arc<Channel>], plan: &PublishPlan) -> PublishOutcome {
     let started = Instant::now();
     let end = started + plan.duration;
-    let publishers = plan.publishers.max(1);
-    let batch = plan.batch.clamp(1, channel.max_batch());
+    let publishers = if channels.is_empty() {
+        0
+    } else {
+        plan.publishers.max(1)
+    };
+    let batch = plan
+        .batch
+        .clamp(1, channels.first().map_or(1, |c| c.max_batch()));
     let interval = (plan.rate > 0.0)
         .then(|| Duration::from_secs_f64(batch as f64 * publishers as f64 / plan.rate));
     let runs = (0..publishers).map(|p| {
-        let channel = Arc::clone(&channel);
+        let channel = Arc::clone(&channels[p % channels.len()]);
         let plan = plan.clone();
         async move {
             let mut publisher = Publisher::new(channel, plan.payload_bytes, plan.timeout);
