@@ -44,6 +44,8 @@ pub enum Signal {
     Directory,
     /// An admin asked to close this stream.
     Close(Ulid),
+    /// A node joined: this one is not alone (any more).
+    Joined,
     /// The listening connection was (re)established: anything may have
     /// been missed.
     Resync,
@@ -56,6 +58,7 @@ impl Signal {
             Some(("e", id)) => Some(Self::Events(parse_ulid(id))),
             Some(("c", id)) => parse_ulid(id).map(Self::Close),
             None if payload == "d" => Some(Self::Directory),
+            None if payload == "n" => Some(Self::Joined),
             _ => None,
         }
     }
@@ -416,6 +419,11 @@ impl Cluster {
         let mut batch = Vec::new();
         while signals.recv_many(&mut batch, 1024).await > 0 {
             let resync = batch.contains(&Signal::Resync);
+            if batch.contains(&Signal::Joined) {
+                if let Some(shared) = &self.shared {
+                    shared.not_alone();
+                }
+            }
             let events = batch
                 .iter()
                 .filter_map(|s| match s {
@@ -577,6 +585,7 @@ mod tests {
         );
         assert_eq!(Signal::parse("e:junk"), Some(Signal::Events(None)));
         assert_eq!(Signal::parse("d"), Some(Signal::Directory));
+        assert_eq!(Signal::parse("n"), Some(Signal::Joined));
         assert_eq!(Signal::parse(&format!("c:{id}")), Some(Signal::Close(id)));
         assert_eq!(Signal::parse("c:junk"), None);
         assert_eq!(Signal::parse("x"), None);

@@ -5,7 +5,9 @@
 //!
 //! Messages on the channel (all under 8,000 bytes): `e:<id>` events were
 //! committed through `<id>`; `d` the directory changed (sent by a trigger,
-//! so `herald map create` sends it too); `c:<id>` a stream is to be closed.
+//! so `herald map create` sends it too); `c:<id>` a stream is to be closed;
+//! `n` a node joined (the others start notifying at once, not at their
+//! next heartbeat).
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -142,7 +144,28 @@ impl PgCluster {
             })
             .await?;
         self.others.store(others > 0, Ordering::Relaxed);
+        if others > 0 {
+            let pool = self.notifier.clone();
+            let hello = self.runtime.run(async move {
+                timed(
+                    sqlx::query("SELECT pg_notify($1, 'n')")
+                        .bind(CHANNEL)
+                        .execute(&pool),
+                )
+                .await
+                .map(|_| ())
+            });
+            if let Err(err) = hello.await {
+                // Their next heartbeat tells them.
+                log::debug!("cannot announce this node: {err}");
+            }
+        }
         Ok(started)
+    }
+
+    /// Another node joined: notify commits from now on.
+    pub fn not_alone(&self) {
+        self.others.store(true, Ordering::Relaxed);
     }
 
     /// Says this node is alive, with its counters. Returns the database's
