@@ -270,16 +270,6 @@ impl ConnectionTable {
         self.lock().entries.len() as u64
     }
 
-    /// Open streams of a map.
-    pub fn map_count(&self, map_id: Ulid) -> u64 {
-        self.lock().per_map.get(&map_id).copied().unwrap_or(0)
-    }
-
-    /// Open streams of a key.
-    pub fn key_count(&self, key_id: Ulid) -> u64 {
-        self.lock().per_key.get(&key_id).copied().unwrap_or(0)
-    }
-
     /// Open streams per map and per key.
     pub fn counts(&self) -> (HashMap<Ulid, u64>, HashMap<Ulid, u64>) {
         let inner = self.lock();
@@ -371,8 +361,9 @@ mod tests {
             Some(LimitExceeded::Map)
         );
         drop(a);
-        assert_eq!(table.map_count(map), 2);
-        assert_eq!(table.key_count(key), 1);
+        let (per_map, per_key) = table.counts();
+        assert_eq!(per_map.get(&map), Some(&2));
+        assert_eq!(per_key.get(&key), Some(&1));
         let _d = table.admit(info(Some(map), Some(key)), limits).unwrap();
         let global = Admission {
             max_global: 3,

@@ -502,14 +502,21 @@ impl Cluster {
             if let Err(err) = shared.prune_tokens().await {
                 log::debug!("cannot forget expired SSE tokens: {err}");
             }
-            let streams = state.connections.all();
-            let changed: Vec<(Ulid, u64)> = streams
+            // Only counters that moved since the last record (a new stream
+            // counts as recorded at 0): no row is rewritten for nothing.
+            let sent: Vec<(Ulid, u64)> = state
+                .connections
+                .all()
                 .iter()
                 .map(|c| (c.id, c.sent()))
-                .filter(|(id, n)| sent_recorded.get(id) != Some(n))
+                .collect();
+            let changed: Vec<(Ulid, u64)> = sent
+                .iter()
+                .filter(|(id, n)| sent_recorded.get(id).copied().unwrap_or(0) != *n)
+                .copied()
                 .collect();
             if shared.record_sent(&changed).await.is_ok() {
-                sent_recorded = streams.iter().map(|c| (c.id, c.sent())).collect();
+                sent_recorded = sent.into_iter().collect();
             }
             match shared.directory_version().await {
                 Ok(version) if directory_version != Some(version) => {
