@@ -243,10 +243,8 @@ impl Directory {
         }
         let hash = hash_secret(secret);
         let Some(key) = self.store.find_key(&hash).await? else {
-            if known.is_some() {
-                // Revoked by another process.
-                self.write().keys.remove(&hash);
-            }
+            // Revoked by another process. It stays in the copy until
+            // `reload` finds it gone, which also ends its streams here.
             return Ok(None);
         };
         if !hashes_equal(&key.hash, &hash) {
