@@ -1074,6 +1074,23 @@ async fn a_node_with_a_slow_clock_keeps_one_order() {
         }
     }))
     .await;
+    // A keyed batch from the slow node, whose ids the store moves after the
+    // clock: a retry on another node answers the ids as committed.
+    let http = http_client();
+    let batch = json!([{"type": "keyed", "payload": 1}, {"type": "keyed", "payload": 2}]);
+    let keyed = publish_at(
+        &http,
+        &cluster[slow].base,
+        &map.slug,
+        &batch,
+        Some("slow-1"),
+    )
+    .await
+    .unwrap_or_else(|r| panic!("keyed publish: {r:?}"));
+    let retried = publish_at(&http, &cluster[0].base, &map.slug, &batch, Some("slow-1"))
+        .await
+        .unwrap_or_else(|r| panic!("keyed retry: {r:?}"));
+    assert_eq!(retried, keyed, "a retry answers the ids committed");
     let done = cluster[slow]
         .publish(&map.slug, json!({"type": "done"}))
         .await
@@ -1088,6 +1105,11 @@ async fn a_node_with_a_slow_clock_keeps_one_order() {
         all[..in_commit_order.len()] == in_commit_order[..],
         "the sequential publishes come first, in commit order"
     );
+    assert!(
+        keyed[0] > all[all.len() - 1],
+        "the keyed batch follows the clock"
+    );
+    all.extend(keyed);
     all.push(done);
     for (node, client) in clients.iter_mut().enumerate() {
         let (seen, end) = read_until_done(client, 1, WAIT).await;

@@ -194,46 +194,64 @@ pub(crate) fn settle(
 }
 
 /// The ids of one publication's events, as an idempotency binding keeps them.
-pub(crate) fn joined_ids(events: &[SharedEvent]) -> String {
-    let mut text = String::with_capacity(events.len() * 27);
-    for (i, event) in events.iter().enumerate() {
+pub(crate) fn joined_ids(ids: &[Ulid]) -> String {
+    let mut text = String::with_capacity(ids.len() * 27);
+    for (i, id) in ids.iter().enumerate() {
         if i > 0 {
             text.push(',');
         }
-        text.push_str(&event.id.to_string());
+        text.push_str(&id.to_string());
     }
     text
 }
 
-/// Gives the events of `publications` ids after `previous`, in order: a
-/// time-based id at `now_ms` when that is later, else `previous + 1` (same
-/// millisecond, or a clock behind the newest id), then one more each.
-pub fn assign_ids(previous: Ulid, now_ms: u64, publications: &[Publication]) -> Vec<SharedEvent> {
-    let mut last = previous;
-    let mut events = Vec::with_capacity(publications.iter().map(|p| p.events.len()).sum());
-    for publication in publications {
-        for new in &publication.events {
-            last = next_ulid(last, Ulid::from_parts(now_ms, rand::random()));
-            events.push(Arc::new(Event::new(
-                last,
-                publication.map_id,
+/// The low bits of an id that stay when a store moves a group's ids after
+/// another node's (see the PostgreSQL `herald_commit` migration): the
+/// bits above them, its prefix, are one value for the whole group.
+pub(crate) const ID_TAIL_BITS: u32 = 60;
+const ID_TAIL: u128 = (1 << ID_TAIL_BITS) - 1;
+
+/// `count` consecutive ids after `previous`: the first time-based at
+/// `now_ms` when that is later, else `previous + 1` (same millisecond, or
+/// a clock behind the newest id). They share one prefix: a group that
+/// would cross into the next prefix starts there instead.
+pub fn propose_ids(previous: Ulid, now_ms: u64, count: usize) -> Vec<Ulid> {
+    let fresh = Ulid::from_parts(now_ms, rand::random());
+    // 2^80 ids in one millisecond would be needed to overflow.
+    let mut first = if fresh > previous {
+        fresh
+    } else {
+        previous.increment().unwrap_or(fresh)
+    };
+    let span = count.saturating_sub(1) as u128;
+    if (first.0 & ID_TAIL) + span > ID_TAIL {
+        first = Ulid((first.0 | ID_TAIL) + 1);
+    }
+    (0..count as u128).map(|n| Ulid(first.0 + n)).collect()
+}
+
+/// Gives ids the events of `publications`, in order.
+pub fn build_events(publications: &[Publication], ids: &[Ulid]) -> Vec<SharedEvent> {
+    let news = publications
+        .iter()
+        .flat_map(|p| p.events.iter().map(move |new| (p.map_id, new)));
+    news.zip(ids)
+        .map(|((map_id, new), &id)| {
+            Arc::new(Event::new(
+                id,
+                map_id,
                 new.event_type.clone(),
                 new.source.clone(),
                 &new.payload,
-            )));
-        }
-    }
-    events
+            ))
+        })
+        .collect()
 }
 
-/// The id after `last`: `fresh` when it is later, else `last + 1`.
-fn next_ulid(last: Ulid, fresh: Ulid) -> Ulid {
-    if fresh > last {
-        fresh
-    } else {
-        // 2^80 ids in one millisecond would be needed to overflow.
-        last.increment().unwrap_or(fresh)
-    }
+/// Gives the events of `publications` ids after `previous` ([`propose_ids`]).
+pub fn assign_ids(previous: Ulid, now_ms: u64, publications: &[Publication]) -> Vec<SharedEvent> {
+    let count = publications.iter().map(|p| p.events.len()).sum();
+    build_events(publications, &propose_ids(previous, now_ms, count))
 }
 
 /// Persistent storage of maps, keys and events.
@@ -805,16 +823,25 @@ mod tests {
     #[test]
     fn ids_increase_even_when_the_clock_is_behind() {
         let last = Ulid::from_parts(2_000, 5);
-        assert_eq!(
-            next_ulid(last, Ulid::from_parts(1_000, 9)),
-            Ulid::from_parts(2_000, 6)
-        );
-        assert_eq!(
-            next_ulid(last, Ulid::from_parts(2_000, 1)),
-            Ulid::from_parts(2_000, 6)
-        );
-        let later = Ulid::from_parts(3_000, 1);
-        assert_eq!(next_ulid(last, later), later);
+        assert_eq!(propose_ids(last, 1_000, 1), [Ulid::from_parts(2_000, 6)]);
+        let same_ms = propose_ids(last, 2_000, 1)[0];
+        assert!(same_ms > last && same_ms.timestamp_ms() == 2_000);
+        let later = propose_ids(last, 3_000, 2);
+        assert_eq!(later[0].timestamp_ms(), 3_000);
+        assert_eq!(later[1].0, later[0].0 + 1, "consecutive");
+    }
+
+    #[test]
+    fn a_group_shares_one_prefix() {
+        let tail = (1u128 << ID_TAIL_BITS) - 1;
+        let near_the_end = Ulid(Ulid::from_parts(2_000, 0).0 | (tail - 1));
+        let ids = propose_ids(near_the_end, 1_000, 3);
+        assert!(ids[0] > near_the_end);
+        assert!(ids
+            .iter()
+            .all(|id| id.0 >> ID_TAIL_BITS == ids[0].0 >> ID_TAIL_BITS));
+        assert_eq!(ids[0].0 & tail, 0, "starts the next prefix");
+        assert_eq!(ids[2].0, ids[0].0 + 2);
     }
 
     #[test]

@@ -4,16 +4,16 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 use ulid::Ulid;
 
 use sqlx::Row as _;
 
 use super::{
-    assign_ids, joined_ids, settle, ulid_column, BoundKey, Commit, Publication, StoreError,
+    build_events, joined_ids, propose_ids, settle, ulid_column, BoundKey, Commit, Publication,
+    StoreError, ID_TAIL_BITS,
 };
-use crate::event::SharedEvent;
 
 /// Connections: enough for group commits, backfills and admin reads at once.
 const MAX_CONNECTIONS: u32 = 16;
@@ -58,17 +58,11 @@ impl PgStore {
         let reads = options.clone().options([("enable_bitmapscan", "off")]);
         Ok(Self {
             pool: lazy_pool(MAX_CONNECTIONS, reads),
-            // A commit abandoned by its timeout between statements would
-            // keep the id clock locked, for every node, until its
-            // connection is used again: PostgreSQL ends such a session.
-            // Commits run the same few statements thousands of times a
-            // second: planned once (generic plans), not at every run.
+            // Commits run the same statements thousands of times a second:
+            // planned once (generic plans), not at every run.
             writer: lazy_pool(
                 WRITER_CONNECTIONS,
-                options.options([
-                    ("idle_in_transaction_session_timeout", "5s"),
-                    ("plan_cache_mode", "force_generic_plan"),
-                ]),
+                options.options([("plan_cache_mode", "force_generic_plan")]),
             ),
         })
     }
@@ -80,15 +74,13 @@ impl PgStore {
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
     }
 
-    /// Commits a group under the id clock's row lock (see the `id_clock`
-    /// migration), held from the clock's update to the commit, so commits
-    /// of every node are serialized and id order is commit order. The
-    /// group's idempotency keys are checked and bound under the same lock.
-    ///
-    /// First try: one statement with ids after `after`, which writes only
-    /// if the clock still says `after` (no other node committed since this
-    /// one last heard). Else, a transaction that locks the clock, reads it
-    /// and the database's time, and assigns ids from there.
+    /// Commits a group in one round trip ([`COMMIT`], or
+    /// `herald_commit_keyed` when it has idempotency keys): the id clock's
+    /// row lock is held until commit, so commits of every node are
+    /// serialized and id order is commit order; the ids proposed here are
+    /// moved after the clock when another node committed since this one
+    /// last heard, and the group's keys are checked and bound under the
+    /// same lock.
     async fn commit_group(
         &self,
         after: Ulid,
@@ -96,191 +88,253 @@ impl PgStore {
         idempotency_ttl_ms: i64,
         publications: &[Publication],
     ) -> Result<Result<Commit, StoreError>, sqlx::Error> {
-        let assigned = assign_ids(after, now_ms, publications);
-        let written = write_group(
-            &self.writer,
-            after,
-            publications,
-            &assigned,
-            idempotency_ttl_ms,
-        )
-        .await?;
-        if let Some(bound) = written {
-            return Ok(settle(after, publications, assigned, &bound));
+        let count = publications.iter().map(|p| p.events.len()).sum();
+        let proposed = propose_ids(after, now_ms, count);
+        let mut map_ids = Vec::with_capacity(count);
+        let mut types = Vec::with_capacity(count);
+        let mut sources = Vec::with_capacity(count);
+        let mut payloads = Vec::with_capacity(count);
+        let mut event_keys: Vec<Option<&str>> = Vec::with_capacity(count);
+        let (mut key_maps, mut keys, mut hashes, mut key_ids) = (vec![], vec![], vec![], vec![]);
+        let mut start = 0;
+        for publication in publications {
+            let map_id = publication.map_id.to_string();
+            let key = publication.idempotency.as_ref();
+            for new in &publication.events {
+                map_ids.push(map_id.clone());
+                types.push(new.event_type.as_str());
+                sources.push(new.source.as_str());
+                payloads.push(new.payload.as_str());
+                event_keys.push(key.map(|k| k.key.as_str()));
+            }
+            let mine = &proposed[start..start + publication.events.len()];
+            start += mine.len();
+            if let Some(idem) = key {
+                key_maps.push(map_id);
+                keys.push(idem.key.as_str());
+                hashes.push(idem.body_hash.as_str());
+                key_ids.push(joined_ids(mine));
+            }
         }
-        let mut tx = self.writer.begin().await?;
-        let (last, db_now_ms): (String, i64) =
-            sqlx::query_as(LOCK_CLOCK).fetch_one(&mut *tx).await?;
-        let previous = match ulid_column(&last) {
-            Ok(previous) => previous,
-            Err(err) => return Ok(Err(err)),
+        let ids: Vec<String> = proposed.iter().map(Ulid::to_string).collect();
+        let rows = if keys.is_empty() {
+            sqlx::query(COMMIT)
+                .bind(&map_ids)
+                .bind(&ids)
+                .bind(&types)
+                .bind(&sources)
+                .bind(&payloads)
+                .fetch_all(&self.writer)
+                .await?
+        } else {
+            sqlx::query(COMMIT_KEYED)
+                .bind(&map_ids)
+                .bind(&ids)
+                .bind(&types)
+                .bind(&sources)
+                .bind(&payloads)
+                .bind(&event_keys)
+                .bind(&key_maps)
+                .bind(&keys)
+                .bind(&hashes)
+                .bind(&key_ids)
+                .bind(idempotency_ttl_ms)
+                .fetch_all(&self.writer)
+                .await?
         };
-        let now_ms = u64::try_from(db_now_ms).unwrap_or(now_ms);
-        let assigned = assign_ids(previous, now_ms, publications);
-        let written = write_group(
-            &mut *tx,
-            previous,
-            publications,
-            &assigned,
-            idempotency_ttl_ms,
-        )
-        .await?;
-        let Some(bound) = written else {
-            return Ok(Err(StoreError::Unavailable(
-                "the id clock moved while locked".into(),
-            )));
-        };
-        tx.commit().await?;
-        Ok(settle(previous, publications, assigned, &bound))
+        Ok(answer(publications, proposed, &rows))
     }
 }
 
-/// Locks the id clock until commit; reads it and the database's time.
-const LOCK_CLOCK: &str = "SELECT last_id, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT \
-     FROM id_clock FOR UPDATE";
-
-/// Inserts the events and moves the clock to `$6`, if the clock is at
-/// `$7`; answers whether it was. The clock's row lock, taken by the
-/// UPDATE, is held until the commit.
-const INSERT_AND_ADVANCE: &str = "WITH clock AS (\
-        UPDATE id_clock SET last_id = $6 WHERE last_id = $7 RETURNING 1\
-     ), inserted AS (\
-        INSERT INTO events (map_id, id, type, source, payload) \
-        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-        WHERE EXISTS (SELECT 1 FROM clock)\
-     ) SELECT EXISTS (SELECT 1 FROM clock)";
-
-/// [`INSERT_AND_ADVANCE`] for a group with idempotency keys (`$8`/`$9`):
-/// the bindings of those keys are looked up (`seen`; `live` when less than
-/// `$11` ms old), the events of publications whose key is live (`$12` is
-/// each event's key) are not inserted, and the other keys are bound (`$10`
-/// body hashes, `$13` ids): an expired binding is renewed in place, a new
-/// one inserted. No other binding of these keys can appear meanwhile: every
-/// binding is written under the clock's lock, and a binding made after this
-/// statement's snapshot moved the clock, so then nothing is written and the
-/// caller retries under the lock. Returns the live bindings.
-const INSERT_BIND_AND_ADVANCE: &str = concat!(
+/// Inserts a group's events and moves the id clock, in one statement. The
+/// clock's UPDATE takes its row lock, held until commit, and sees the
+/// clock as the last commit left it (even one that committed while this
+/// statement waited for the lock); when the ids proposed (`$2`) are not
+/// after it, they are given the prefix after the clock's (see the
+/// `0004_commit_function` migration). Answers the clock's previous id and the
+/// prefix given, if any.
+const COMMIT: &str = concat!(
     "WITH clock AS (",
-    "UPDATE id_clock SET last_id = $6 WHERE last_id = $7 RETURNING 1",
-    "), seen AS (",
-    // One primary-key lookup per key: `LIMIT 1` keeps the planner from
-    // flattening the subquery into a join sized from a guess, which
-    // scanned the whole table at every commit.
-    "SELECT k.map_id, k.key, k.body_hash, k.ids, ",
-    "k.created_ms > (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT - $11 AS live ",
-    "FROM UNNEST($8::text[], $9::text[]) AS u (map_id, key) ",
-    "CROSS JOIN LATERAL (SELECT * FROM idempotency_keys i ",
-    "WHERE i.map_id = u.map_id AND i.key = u.key LIMIT 1) AS k",
+    "UPDATE id_clock SET previous_id = last_id, last_id = ",
+    "CASE WHEN ($2::text[])[1] COLLATE \"C\" > last_id THEN ($2::text[])[cardinality($2::text[])] ",
+    "ELSE herald_prefix_after(last_id) || substr(($2::text[])[cardinality($2::text[])], 15) END ",
+    "RETURNING previous_id, last_id",
+    "), moved AS (",
+    "SELECT previous_id, CASE WHEN last_id = ($2::text[])[cardinality($2::text[])] THEN NULL ",
+    "ELSE substr(last_id, 1, 14) END AS prefix FROM clock",
     "), inserted AS (",
     "INSERT INTO events (map_id, id, type, source, payload) ",
-    "SELECT e.map_id, e.id, e.type, e.source, e.payload ",
-    "FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $12::text[]) ",
-    "AS e (map_id, id, type, source, payload, key) ",
-    "WHERE EXISTS (SELECT 1 FROM clock) AND NOT EXISTS ",
-    "(SELECT 1 FROM seen s WHERE s.live AND s.map_id = e.map_id AND s.key = e.key)",
-    "), keys AS (",
-    "SELECT * FROM UNNEST($8::text[], $9::text[], $10::text[], $13::text[]) ",
-    "AS u (map_id, key, body_hash, ids)",
-    "), renewed AS (",
-    "UPDATE idempotency_keys i SET body_hash = u.body_hash, ids = u.ids, ",
-    "created_ms = (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT ",
-    "FROM keys u WHERE i.map_id = u.map_id AND i.key = u.key AND EXISTS (SELECT 1 FROM clock) ",
-    "AND EXISTS (SELECT 1 FROM seen s WHERE NOT s.live AND s.map_id = u.map_id AND s.key = u.key)",
-    "), bound AS (",
-    "INSERT INTO idempotency_keys (map_id, key, body_hash, ids, created_ms) ",
-    "SELECT u.map_id, u.key, u.body_hash, u.ids, ",
-    "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT FROM keys u ",
-    "WHERE EXISTS (SELECT 1 FROM clock) ",
-    "AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.map_id = u.map_id AND s.key = u.key)",
-    ") SELECT EXISTS (SELECT 1 FROM clock) AS advanced, s.map_id, s.key, s.body_hash, s.ids ",
-    "FROM (SELECT 1) AS one LEFT JOIN seen s ON s.live"
+    "SELECT e.map_id, COALESCE(m.prefix || substr(e.id, 15), e.id), e.type, e.source, e.payload ",
+    "FROM moved m, UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) ",
+    "AS e (map_id, id, type, source, payload)",
+    ") SELECT previous_id, prefix AS moved_prefix FROM moved"
 );
 
-/// Writes a group after `previous` if the clock is there: `None` if it
-/// moved, else the keys that were bound already.
-async fn write_group<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    previous: Ulid,
+/// Commits a group with idempotency keys: see `herald_commit_keyed`.
+const COMMIT_KEYED: &str = "SELECT * FROM herald_commit_keyed($1::text[], $2::text[], \
+     $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
+     $10::text[], $11)";
+
+/// Reads a commit's answer: the clock's previous id, the prefix the
+/// proposed ids were moved to, if any, and the live bindings found.
+fn answer(
     publications: &[Publication],
-    assigned: &[SharedEvent],
-    idempotency_ttl_ms: i64,
-) -> Result<Option<Vec<BoundKey>>, sqlx::Error> {
-    let mut map_ids = Vec::with_capacity(assigned.len());
-    let mut ids = Vec::with_capacity(assigned.len());
-    let mut types = Vec::with_capacity(assigned.len());
-    let mut sources = Vec::with_capacity(assigned.len());
-    let mut payloads = Vec::with_capacity(assigned.len());
-    for event in assigned {
-        map_ids.push(event.map_id.to_string());
-        ids.push(event.id.to_string());
-        types.push(event.event_type.as_str());
-        sources.push(event.source.as_str());
-        payloads.push(event.payload());
-    }
-    let through = assigned.last().map_or(previous, |e| e.id).to_string();
-    if publications.iter().all(|p| p.idempotency.is_none()) {
-        let advanced: bool = sqlx::query_scalar(INSERT_AND_ADVANCE)
-            .bind(&map_ids)
-            .bind(&ids)
-            .bind(&types)
-            .bind(&sources)
-            .bind(&payloads)
-            .bind(through)
-            .bind(previous.to_string())
-            .fetch_one(executor)
-            .await?;
-        return Ok(advanced.then(Vec::new));
-    }
-    let mut event_keys: Vec<Option<&str>> = Vec::with_capacity(assigned.len());
-    let (mut key_maps, mut keys, mut hashes, mut key_ids) = (vec![], vec![], vec![], vec![]);
-    let mut start = 0;
-    for publication in publications {
-        let mine = &assigned[start..start + publication.events.len()];
-        start += mine.len();
-        let key = publication.idempotency.as_ref();
-        event_keys.extend(mine.iter().map(|_| key.map(|k| k.key.as_str())));
-        if let Some(idem) = key {
-            key_maps.push(publication.map_id.to_string());
-            keys.push(idem.key.as_str());
-            hashes.push(idem.body_hash.as_str());
-            key_ids.push(joined_ids(mine));
+    mut ids: Vec<Ulid>,
+    rows: &[PgRow],
+) -> Result<Commit, StoreError> {
+    let column = |row: &PgRow, name: &str| -> Result<Option<String>, StoreError> {
+        row.try_get(name).map_err(StoreError::from)
+    };
+    let first = rows
+        .first()
+        .ok_or_else(|| StoreError::Unavailable("herald_commit answered no row".into()))?;
+    let previous = ulid_column(&column(first, "previous_id")?.unwrap_or_default())?;
+    if let Some(prefix) = column(first, "moved_prefix")? {
+        let high = ulid_column(&format!("{prefix:0<26}"))?.0;
+        let tail = (1u128 << ID_TAIL_BITS) - 1;
+        for id in &mut ids {
+            *id = Ulid(high | (id.0 & tail));
         }
     }
-    let rows = sqlx::query(INSERT_BIND_AND_ADVANCE)
-        .bind(&map_ids)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&sources)
-        .bind(&payloads)
-        .bind(through)
-        .bind(previous.to_string())
-        .bind(&key_maps)
-        .bind(&keys)
-        .bind(&hashes)
-        .bind(idempotency_ttl_ms)
-        .bind(&event_keys)
-        .bind(&key_ids)
-        .fetch_all(executor)
-        .await?;
-    if !rows
-        .first()
-        .map_or(Ok(false), |row| row.try_get("advanced"))?
-    {
-        return Ok(None);
-    }
     let mut bound = Vec::new();
-    for row in &rows {
-        let Some(map_id) = row.try_get::<Option<String>, _>("map_id")? else {
+    let keyed = first.try_column("bound_map").is_ok();
+    for row in rows.iter().filter(|_| keyed) {
+        let (Some(map_id), Some(key), Some(body_hash), Some(ids)) = (
+            column(row, "bound_map")?,
+            column(row, "bound_key")?,
+            column(row, "bound_hash")?,
+            column(row, "bound_ids")?,
+        ) else {
             continue;
         };
         bound.push(BoundKey {
-            map_id: Ulid::from_string(&map_id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-            key: row.try_get("key")?,
-            body_hash: row.try_get("body_hash")?,
-            ids: row.try_get("ids")?,
+            map_id: ulid_column(&map_id)?,
+            key,
+            body_hash,
+            ids,
         });
     }
-    Ok(Some(bound))
+    settle(
+        previous,
+        publications,
+        build_events(publications, &ids),
+        &bound,
+    )
 }
 
 super::impl_store!(PgStore);
+
+#[cfg(test)]
+mod tests {
+    //! The commit function on a real PostgreSQL (`HERALD_TEST_DATABASE_URL`),
+    //! in a schema of its own.
+
+    use super::*;
+    use crate::event::NewEvent;
+    use crate::store::{Idempotency, Outcome, Store};
+
+    fn publication(map_id: Ulid, types: &[&str], key: Option<&str>) -> Publication {
+        Publication {
+            map_id,
+            events: types
+                .iter()
+                .map(|t| NewEvent {
+                    event_type: (*t).into(),
+                    source: String::new(),
+                    payload: "1".into(),
+                })
+                .collect(),
+            idempotency: key.map(|key| Idempotency {
+                key: key.into(),
+                body_hash: "h".into(),
+            }),
+        }
+    }
+
+    fn created(outcome: &Outcome) -> Vec<Ulid> {
+        match outcome {
+            Outcome::Created(ids) => ids.clone(),
+            other => panic!("created nothing: {other:?}"),
+        }
+    }
+
+    /// A node that did not hear of another's commit proposes ids before the
+    /// clock: they are moved after it, in order, and the answer, the stored
+    /// events and a retry's replay all carry the ids as committed.
+    #[tokio::test]
+    async fn a_commit_behind_the_clock_is_moved_after_it() {
+        let base = std::env::var("HERALD_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("u_{}", Ulid::generate().to_string().to_lowercase());
+        let admin = PgPool::connect(&base).await.expect("PostgreSQL for tests");
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .expect("schema");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let store =
+            PgStore::connect(&format!("{base}{sep}options[search_path]={schema}")).expect("url");
+        store.migrate().await.expect("migrations");
+        let map = Ulid::generate();
+        let now_ms = Ulid::generate().timestamp_ms();
+
+        let first = store
+            .commit(
+                Ulid::nil(),
+                now_ms,
+                60_000,
+                &[publication(map, &["a"], None)],
+            )
+            .await
+            .expect("first commit");
+        // Proposed a minute behind the first commit, from an old cursor.
+        let stale = [
+            publication(map, &["b", "c"], Some("k")),
+            publication(map, &["d"], None),
+        ];
+        let moved = store
+            .commit(Ulid::nil(), now_ms - 60_000, 60_000, &stale)
+            .await
+            .expect("commit behind the clock");
+        assert_eq!(moved.previous, first.through, "previous is the clock's");
+        let ids: Vec<Ulid> = moved.events.iter().map(|e| e.id).collect();
+        assert!(ids[0] > first.through, "{ids:?} after {}", first.through);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
+        assert_eq!(moved.through, ids[2]);
+        assert_eq!(created(&moved.outcomes[0]), ids[..2]);
+        assert_eq!(created(&moved.outcomes[1]), ids[2..]);
+
+        let stored: Vec<Ulid> = store
+            .events_after(Some(map), Ulid::nil(), 10)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(stored[0], first.events[0].id);
+        assert_eq!(stored[1..], ids[..]);
+
+        let retry = store
+            .commit(Ulid::nil(), now_ms - 60_000, 60_000, &stale[..1])
+            .await
+            .expect("retry");
+        assert!(retry.events.is_empty(), "a retry creates nothing");
+        match &retry.outcomes[0] {
+            Outcome::Replayed(replayed) => assert_eq!(replayed[..], ids[..2]),
+            other => panic!("not replayed: {other:?}"),
+        }
+        // The same without keys (the one-statement commit).
+        let plain = store
+            .commit(Ulid::nil(), now_ms - 60_000, 60_000, &stale[1..])
+            .await
+            .expect("plain commit behind the clock");
+        assert_eq!(plain.previous, retry.through);
+        assert!(plain.events[0].id > retry.through);
+        let newest = store.newest_event_id(Some(map)).await.expect("newest");
+        assert_eq!(newest, Some(plain.events[0].id), "stored as answered");
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&admin)
+            .await
+            .expect("drop schema");
+    }
+}

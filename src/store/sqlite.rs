@@ -149,19 +149,16 @@ impl SqliteStore {
             }
             query.execute(&mut *tx).await?;
         }
-        let mut created = commit.events.as_slice();
         for (publication, outcome) in publications.iter().zip(&commit.outcomes) {
             let Outcome::Created(ids) = outcome else {
                 continue;
             };
-            let (mine, rest) = created.split_at(ids.len());
-            created = rest;
             if let Some(idem) = &publication.idempotency {
                 sqlx::query(BIND_KEY)
                     .bind(publication.map_id.to_string())
                     .bind(&idem.key)
                     .bind(&idem.body_hash)
-                    .bind(joined_ids(mine))
+                    .bind(joined_ids(ids))
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
