@@ -13,7 +13,7 @@ use super::publish::{self, PublishPlan};
 use super::{check_stream_count, secs, Ctx};
 use crate::cli::FanoutArgs;
 use crate::report::{Better, Metrics, Percentiles, Report};
-use crate::target::{Channel, Target, TargetKind};
+use crate::target::{check_batch, Channel, Target, TargetKind};
 
 /// Quiet time after which the drain stops waiting.
 const DRAIN_STALL: Duration = Duration::from_secs(5);
@@ -69,12 +69,7 @@ pub fn validate(kind: TargetKind, args: &FanoutArgs) -> Result<(), String> {
     secs(args.duration, "--duration")?;
     secs(args.drain, "--drain")?;
     secs(args.open_timeout, "--open-timeout")?;
-    if args.batch > 1 && kind == TargetKind::Nchan {
-        return Err("Nchan publishes one message per request: use --batch 1".to_owned());
-    }
-    if args.batch == 0 || args.batch > 1000 {
-        return Err("--batch must be 1..=1000".to_owned());
-    }
+    check_batch(kind, args.batch, args.payload_bytes)?;
     if args.publishers == 0 || args.publishers > 1000 {
         return Err("--publishers must be 1..=1000".to_owned());
     }
@@ -327,6 +322,9 @@ pub async fn run_on(
             "duration_s": args.duration,
             "publishers": args.publishers,
             "batch": args.batch,
+            "connect_concurrency": spread
+                .connect_concurrency
+                .unwrap_or(ctx.connect_concurrency),
             "client_threads": ctx.shards.len(),
         }),
         metrics: m.0,

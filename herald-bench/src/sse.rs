@@ -285,8 +285,8 @@ pub struct BenchFields {
     pub sent_us: u64,
 }
 
-/// Finds the bench fields in a frame's data (the raw payload for Nchan, the
-/// envelope holding it for herald).
+/// Finds the bench fields in a frame's data (the raw payload for Nchan and
+/// Pushpin, the envelope holding it for herald).
 pub fn bench_fields(data: &[u8]) -> Option<BenchFields> {
     let finder = finders();
     let start = finder.bpub.find(data)? + b"\"bpub\":".len();

@@ -630,6 +630,7 @@ impl Relay {
             .map(|node| Target {
                 kind: TargetKind::Herald,
                 endpoint: node.endpoint.clone(),
+                publish_endpoint: None,
                 admin_token: options.admin_token.clone(),
                 publisher_token: options.publisher_token.clone(),
                 server_pids: vec![node.pid],
@@ -1400,6 +1401,7 @@ pub async fn worker(ctx: &Ctx) -> Result<(), String> {
                 Arc::new(Channel {
                     kind: TargetKind::Herald,
                     name: String::new(),
+                    publish_endpoint: endpoint.clone(),
                     endpoint,
                     publish_path: String::new(),
                     publish_auth: None,

@@ -7,8 +7,11 @@ use serde::Serialize;
 
 use crate::target::TargetKind;
 
-/// herald-bench — measures herald (and Nchan, side by side) over real SSE
-/// connections on this machine. Every run is bounded in time and in
+/// Default of --connect-concurrency (see there).
+pub const DEFAULT_CONNECT_CONCURRENCY: usize = 64;
+
+/// herald-bench — measures herald (and Nchan and Pushpin, side by side) over
+/// real SSE connections on this machine. Every run is bounded in time and in
 /// connections, and talks to 127.0.0.1 only.
 #[derive(Debug, Parser)]
 #[command(name = "herald-bench", version)]
@@ -22,12 +25,12 @@ pub struct Cli {
 /// Options of every scenario (accepted before or after its name).
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Server profile to measure (`compare` measures both).
+    /// Server profile to measure (`compare` measures several).
     #[arg(long, value_enum, default_value_t = TargetKind::Herald, global = true)]
     pub target: TargetKind,
 
     /// Server root URL (loopback only). Default: http://127.0.0.1:8080 for
-    /// herald, the --nchan-url for nchan.
+    /// herald, the --nchan-url for nchan, the --pushpin-url for pushpin.
     #[arg(long, global = true, value_name = "URL")]
     pub url: Option<String>,
 
@@ -72,6 +75,20 @@ pub struct Common {
     #[arg(long, global = true, default_value = "/tmp/nchan-peer/nginx.pid")]
     pub nchan_pid_file: PathBuf,
 
+    /// Pushpin peer's root URL, where streams are opened.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:7999")]
+    pub pushpin_url: String,
+
+    /// Pushpin peer's publish endpoint (`POST /publish/` with GRIP items).
+    #[arg(long, global = true, default_value = "http://127.0.0.1:5561")]
+    pub pushpin_publish_url: String,
+
+    /// The Pushpin peer's run directory: its pid files (runner, condure,
+    /// zurl, pushpin-proxy, pushpin-handler, origin) name the processes
+    /// whose RSS is measured when no --server-pid is given.
+    #[arg(long, global = true, default_value = "/tmp/pushpin-peer")]
+    pub pushpin_run_dir: PathBuf,
+
     /// Server process(es) whose VmRSS is measured (comma list; for herald a
     /// spawned process is known already).
     #[arg(long, global = true, value_delimiter = ',', value_name = "PID")]
@@ -93,8 +110,11 @@ pub struct Common {
     #[arg(long, global = true, default_value_t = 10, value_name = "SECS")]
     pub request_timeout: u64,
 
-    /// Streams being opened at once.
-    #[arg(long, global = true, default_value_t = 256, value_name = "N")]
+    /// Streams being opened at once, over all client threads; the same for
+    /// every target. Pushpin refuses part of a burst of a few hundred
+    /// connects at once (condure → proxy → origin for each), so the default
+    /// is a rate every target takes without refusals.
+    #[arg(long, global = true, default_value_t = DEFAULT_CONNECT_CONCURRENCY, value_name = "N")]
     pub connect_concurrency: usize,
 }
 
@@ -102,8 +122,8 @@ pub struct Common {
 pub enum Scenario {
     #[command(flatten)]
     Single(Single),
-    /// Run a scenario against herald and Nchan alternately (A B A B ...),
-    /// print medians and ratios, and plot both as SVG.
+    /// Run a scenario against herald, Nchan and Pushpin alternately (A B C
+    /// A B C ...), print medians and ratios, and plot them as SVG.
     Compare(CompareArgs),
     /// herald as a cluster: N nodes spawned on one PostgreSQL schema, each
     /// phase run on a single node and on the N nodes alternately (idle
@@ -232,7 +252,8 @@ pub enum Single {
     /// C concurrent publishers, batches of B: acked events/s, ack latency.
     Ingest(IngestArgs),
     /// Publish K events, reconnect with a Last-Event-ID K behind: time
-    /// until all K are received.
+    /// until all K are received (herald and Nchan; Pushpin keeps no
+    /// history).
     Backfill(BackfillArgs),
 }
 
@@ -281,7 +302,7 @@ pub struct FanoutArgs {
     /// Concurrent publishers (each numbers its own events).
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
-    /// Events per publish request (herald only; Nchan takes one).
+    /// Events per publish request (herald and Pushpin; Nchan takes one).
     #[arg(short = 'b', long, default_value_t = 1)]
     pub batch: usize,
     /// Seconds allowed after publishing for the last deliveries.
@@ -297,7 +318,7 @@ pub struct IngestArgs {
     /// Concurrent publishers.
     #[arg(short = 'c', long, default_value_t = 16)]
     pub publishers: usize,
-    /// Events per request (herald up to 1000; Nchan 1).
+    /// Events per request (herald and Pushpin up to 1000; Nchan 1).
     #[arg(short = 'b', long, default_value_t = 100)]
     pub batch: usize,
     /// Payload bytes per event.
@@ -330,10 +351,20 @@ pub struct BackfillArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
-    /// Alternations (each runs herald then Nchan); at least 3 for
-    /// reportable medians.
+    /// Alternations (each runs every target once, in the order of
+    /// --targets); at least 3 for reportable medians.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Targets of each round, in order; ratios are the first one's over
+    /// each other's. A target that cannot run the scenario (Pushpin has no
+    /// backfill) is left out with a note.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_values_t = [TargetKind::Herald, TargetKind::Nchan, TargetKind::Pushpin]
+    )]
+    pub targets: Vec<TargetKind>,
     /// SVG plot file (default: the --out file with an .svg extension, else
     /// `compare-<scenario>.svg`).
     #[arg(long, value_name = "FILE")]

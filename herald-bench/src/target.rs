@@ -1,5 +1,5 @@
 //! Target profiles: how to set up a channel, publish and subscribe on
-//! herald and on Nchan; starting a herald process for a run; reading a
+//! herald, Nchan and Pushpin; starting a herald process for a run; reading a
 //! server's memory from /proc.
 
 use std::io::{BufRead, BufReader};
@@ -22,6 +22,11 @@ pub enum TargetKind {
     Herald,
     /// `POST /pub/{channel}` with the raw payload, `GET /sub/{channel}`.
     Nchan,
+    /// `GET /sub/{channel}` through Pushpin (held by a small GRIP origin),
+    /// `POST /publish/` on Pushpin's publish port with GRIP `http-stream`
+    /// items whose content is the SSE frame. That port answers every
+    /// request with `Connection: close`: each publish opens a connection.
+    Pushpin,
 }
 
 impl TargetKind {
@@ -29,15 +34,53 @@ impl TargetKind {
         match self {
             Self::Herald => "herald",
             Self::Nchan => "nchan",
+            Self::Pushpin => "pushpin",
         }
     }
+
+    /// Events one publish request may carry: herald takes an array of up
+    /// to 1000, Pushpin a GRIP `items` array (one item per event), Nchan
+    /// one message.
+    pub fn max_batch(self) -> usize {
+        match self {
+            Self::Herald | Self::Pushpin => 1000,
+            Self::Nchan => 1,
+        }
+    }
+}
+
+/// Pushpin's publish endpoint refuses bodies over this many bytes
+/// (`push_in_http_max_body_size` of the peer's config).
+pub const PUSHPIN_MAX_BODY: usize = 1_000_000;
+
+/// Refuses a batch of `batch` events of `payload_bytes` each that `kind`
+/// cannot take in one request.
+pub fn check_batch(kind: TargetKind, batch: usize, payload_bytes: usize) -> Result<(), String> {
+    let max = kind.max_batch();
+    if batch == 0 || batch > max {
+        return Err(format!("--batch must be 1..={max} for {}", kind.name()));
+    }
+    // A GRIP item is the payload, JSON-escaped (its quotes doubled at
+    // most), inside about 120 bytes of envelope.
+    if kind == TargetKind::Pushpin && batch * (2 * payload_bytes + 120) > PUSHPIN_MAX_BODY {
+        return Err(format!(
+            "{batch} events of {payload_bytes} bytes may exceed Pushpin's publish body \
+             limit ({PUSHPIN_MAX_BODY} bytes): use a smaller --batch"
+        ));
+    }
+    Ok(())
 }
 
 /// A server to measure.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub kind: TargetKind,
+    /// Where streams are opened (and, unless `publish_endpoint`, where
+    /// events are published).
     pub endpoint: Endpoint,
+    /// Where events are published when that is another server (Pushpin's
+    /// publish port).
+    pub publish_endpoint: Option<Endpoint>,
     pub admin_token: String,
     pub publisher_token: String,
     /// Processes whose RSS is the server's memory.
@@ -45,12 +88,15 @@ pub struct Target {
     pub timeout: Duration,
 }
 
-/// One channel (herald map or Nchan channel) set up for a run.
+/// One channel (herald map, Nchan or Pushpin channel) set up for a run.
 #[derive(Debug, Clone)]
 pub struct Channel {
     pub kind: TargetKind,
     pub name: String,
+    /// Where streams are opened.
     pub endpoint: Endpoint,
+    /// Where events are published.
+    pub publish_endpoint: Endpoint,
     pub publish_path: String,
     /// `Authorization` value for publishing.
     pub publish_auth: Option<String>,
@@ -79,6 +125,20 @@ impl Target {
                 subscribe_path: format!("/sub/{name}"),
                 subscribe_auth: None,
                 endpoint: self.endpoint.clone(),
+                publish_endpoint: self.publish_endpoint(),
+                name,
+            }),
+            // A channel exists once a stream is held on it (the origin
+            // names it in `Grip-Channel`); publishing to it before that
+            // reaches nobody.
+            TargetKind::Pushpin => Ok(Channel {
+                kind: self.kind,
+                publish_path: "/publish/".to_owned(),
+                publish_auth: None,
+                subscribe_path: format!("/sub/{name}"),
+                subscribe_auth: None,
+                endpoint: self.endpoint.clone(),
+                publish_endpoint: self.publish_endpoint(),
                 name,
             }),
             TargetKind::Herald => {
@@ -143,10 +203,18 @@ impl Target {
                     subscribe_path: format!("/api/maps/{name}/events/stream"),
                     subscribe_auth: Some(format!("Bearer {key}")),
                     endpoint: self.endpoint.clone(),
+                    publish_endpoint: self.publish_endpoint(),
                     name,
                 })
             }
         }
+    }
+
+    /// Where this target's events are published.
+    pub fn publish_endpoint(&self) -> Endpoint {
+        self.publish_endpoint
+            .clone()
+            .unwrap_or_else(|| self.endpoint.clone())
     }
 
     /// The sum of the server processes' VmRSS, in KiB.
@@ -163,19 +231,18 @@ impl Target {
 }
 
 impl Channel {
-    /// The same channel reached through another server (a cluster node).
+    /// The same channel reached through another server (a cluster node),
+    /// for streams and publishing alike.
     pub fn on(&self, endpoint: &Endpoint) -> Self {
         let mut channel = self.clone();
         channel.endpoint = endpoint.clone();
+        channel.publish_endpoint = endpoint.clone();
         channel
     }
 
     /// Events one publish request may carry.
     pub fn max_batch(&self) -> usize {
-        match self.kind {
-            TargetKind::Herald => 1000,
-            TargetKind::Nchan => 1,
-        }
+        self.kind.max_batch()
     }
 
     /// Writes a publish body for `events` (all stamped by the caller).
@@ -191,6 +258,29 @@ impl Channel {
                 if let Some(fields) = events.first() {
                     write_payload(out, *fields, payload_bytes);
                 }
+            }
+            TargetKind::Pushpin => {
+                // {"items":[{"channel":C,"formats":{"http-stream":
+                //   {"content":"event: message\ndata: PAYLOAD\n\n"}}}, ...]}
+                // Pushpin writes each item's content to the streams as is:
+                // one SSE frame per event, the payload its only data line.
+                let mut payload = Vec::with_capacity(payload_bytes + 64);
+                out.extend_from_slice(b"{\"items\":[");
+                for (i, fields) in events.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(b"{\"channel\":\"");
+                    write_json_escaped(out, self.name.as_bytes());
+                    out.extend_from_slice(
+                        b"\",\"formats\":{\"http-stream\":{\"content\":\"event: message\\ndata: ",
+                    );
+                    payload.clear();
+                    write_payload(&mut payload, *fields, payload_bytes);
+                    write_json_escaped(out, &payload);
+                    out.extend_from_slice(b"\\n\\n\"}}}");
+                }
+                out.extend_from_slice(b"]}");
             }
             TargetKind::Herald => {
                 let many = events.len() > 1;
@@ -245,7 +335,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(channel: Arc<Channel>, payload_bytes: usize, timeout: Duration) -> Self {
-        let conn = HttpConn::new(&channel.endpoint, timeout);
+        let conn = HttpConn::new(&channel.publish_endpoint, timeout);
         Self {
             channel,
             conn,
@@ -278,7 +368,7 @@ impl Publisher {
         headers.push((
             "Content-Type",
             match self.channel.kind {
-                TargetKind::Herald => "application/json",
+                TargetKind::Herald | TargetKind::Pushpin => "application/json",
                 TargetKind::Nchan => "text/plain",
             },
         ));
@@ -289,7 +379,7 @@ impl Publisher {
             .map_err(|e| format!("publish: {e}"))?;
         let ok = match self.channel.kind {
             TargetKind::Herald => response.status == 201,
-            TargetKind::Nchan => (200..300).contains(&response.status),
+            TargetKind::Nchan | TargetKind::Pushpin => (200..300).contains(&response.status),
         };
         if ok {
             Ok(())
@@ -308,6 +398,29 @@ impl Publisher {
     }
 }
 
+/// Appends `raw` as the inside of a JSON string (quotes, backslashes and
+/// control characters escaped; other bytes as they are).
+fn write_json_escaped(out: &mut Vec<u8>, raw: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in raw {
+        match b {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..=0x1f => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+            _ => out.push(b),
+        }
+    }
+}
+
 /// VmRSS of one process, in KiB.
 pub fn vm_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -318,38 +431,76 @@ pub fn vm_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The pid in a pid file.
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// The processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return children;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the `(comm)`: state, ppid, ...
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            children.push(pid);
+        }
+    }
+    children
+}
+
 /// The Nchan peer's processes: the master from its pid file and its
 /// children (the workers).
 pub fn nchan_pids(pid_file: &Path) -> Vec<u32> {
-    let Some(master) = std::fs::read_to_string(pid_file)
-        .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok())
-    else {
+    let Some(master) = read_pid(pid_file) else {
         return Vec::new();
     };
     let mut pids = vec![master];
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // Fields after the `(comm)`: state, ppid, ...
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(master) {
-                pids.push(pid);
-            }
-        }
+    pids.extend(children_of(master));
+    pids
+}
+
+/// The services Pushpin's runner starts, each with a pid file in the run
+/// directory.
+const PUSHPIN_SERVICES: [&str; 4] = ["condure", "zurl", "pushpin-proxy", "pushpin-handler"];
+
+/// The Pushpin peer's processes (`../shared/peers/pushpin/start.sh`): the
+/// runner (`pushpin.pid` in `run_dir`), its children — condure, zurl,
+/// pushpin-proxy and pushpin-handler, also found by their own pid files —
+/// and the GRIP origin (`origin.pid`), which holds nothing per stream but
+/// answers every subscribe. Empty when the runner's pid file is missing.
+pub fn pushpin_pids(run_dir: &Path) -> Vec<u32> {
+    let Some(runner) = read_pid(&run_dir.join("pushpin.pid")) else {
+        return Vec::new();
+    };
+    let mut pids = vec![runner];
+    pids.extend(children_of(runner));
+    for service in PUSHPIN_SERVICES {
+        pids.extend(read_pid(&run_dir.join(format!("{service}.pid"))));
     }
+    pids.extend(read_pid(&run_dir.join("origin.pid")));
+    pids.sort_unstable();
+    pids.dedup();
+    // Only live processes (a stale pid file names none).
+    pids.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
     pids
 }
 
@@ -670,6 +821,75 @@ async fn create_pg_schema(url: &str, schema: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn channel(kind: TargetKind) -> Channel {
+        let endpoint = Endpoint::parse("http://127.0.0.1:7999").unwrap();
+        Channel {
+            kind,
+            name: "bench-01abc".to_owned(),
+            publish_endpoint: Endpoint::parse("http://127.0.0.1:5561").unwrap(),
+            endpoint,
+            publish_path: "/publish/".to_owned(),
+            publish_auth: None,
+            subscribe_path: "/sub/bench-01abc".to_owned(),
+            subscribe_auth: None,
+        }
+    }
+
+    #[test]
+    fn pushpin_items_carry_one_sse_frame_per_event() {
+        use crate::sse::{bench_fields, SseParser};
+        let events: Vec<BenchFields> = (0..3)
+            .map(|seq| BenchFields {
+                publisher: 2,
+                seq,
+                sent_us: 1_000 + seq,
+            })
+            .collect();
+        let mut body = Vec::new();
+        channel(TargetKind::Pushpin).write_publish_body(&mut body, &events, 100);
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("GRIP JSON");
+        let items = json["items"].as_array().expect("items");
+        assert_eq!(items.len(), 3);
+        // What Pushpin writes to a stream: the items' contents, in order.
+        let mut stream = String::new();
+        for item in items {
+            assert_eq!(item["channel"], "bench-01abc");
+            let content = item["formats"]["http-stream"]["content"]
+                .as_str()
+                .expect("http-stream content");
+            assert!(content.starts_with("event: message\ndata: {"), "{content}");
+            assert!(content.ends_with("}\n\n"), "{content}");
+            stream.push_str(content);
+        }
+        let mut parser = SseParser::default();
+        let mut seen = Vec::new();
+        parser.feed(stream.as_bytes(), |frame| {
+            assert_eq!(frame.event, b"message");
+            assert_eq!(frame.data.len(), 100);
+            seen.push(bench_fields(frame.data).expect("bench fields"));
+        });
+        assert_eq!(seen, events);
+    }
+
+    #[test]
+    fn json_escaping_keeps_every_byte() {
+        let raw = "a\"b\\c\nd\re\tf\u{1}g\u{7f}é";
+        let mut out = b"\"".to_vec();
+        write_json_escaped(&mut out, raw.as_bytes());
+        out.push(b'"');
+        let back: String = serde_json::from_slice(&out).expect("valid JSON string");
+        assert_eq!(back, raw);
+    }
+
+    #[test]
+    fn pushpin_batches_must_fit_its_body_limit() {
+        assert!(check_batch(TargetKind::Pushpin, 1000, 100).is_ok());
+        assert!(check_batch(TargetKind::Pushpin, 1000, 1000).is_err());
+        assert!(check_batch(TargetKind::Nchan, 2, 100).is_err());
+        assert!(check_batch(TargetKind::Herald, 1000, 100_000).is_ok());
+        assert!(check_batch(TargetKind::Herald, 0, 100).is_err());
+    }
 
     #[test]
     fn database_urls_must_be_local() {

@@ -29,7 +29,20 @@ struct CatchUp {
     truncated: bool,
 }
 
+/// Refuses a target that keeps no events to replay.
+pub fn supported(kind: TargetKind) -> Result<(), String> {
+    match kind {
+        TargetKind::Herald | TargetKind::Nchan => Ok(()),
+        TargetKind::Pushpin => Err(
+            "Pushpin keeps no history to replay from a Last-Event-ID: backfill runs on \
+             herald and Nchan"
+                .to_owned(),
+        ),
+    }
+}
+
 pub async fn run(ctx: &Ctx, target: &Target, args: &BackfillArgs) -> Result<Report, String> {
+    supported(target.kind)?;
     let limit = secs(args.timeout, "--timeout")?;
     if args.events == 0 || args.events > 1_000_000 {
         return Err("--events must be 1..=1000000".to_owned());

@@ -1,11 +1,18 @@
-//! `herald-bench`: measures herald — and Nchan side by side — over real SSE
-//! connections on this machine.
+//! `herald-bench`: measures herald — and Nchan and Pushpin side by side —
+//! over real SSE connections on this machine. A crate of its own in the
+//! workspace: it speaks HTTP to every target and does not link herald.
 //!
 //! ```text
-//! herald-bench [--target herald|nchan] [--spawn-herald PATH | --url URL] \
+//! herald-bench [--target herald|nchan|pushpin] [--spawn-herald PATH | --url URL] \
 //!     connections | fanout | ingest | backfill | compare <scenario> [--out FILE]
 //! herald-bench --spawn-herald PATH --database-url postgres://... cluster --nodes N
 //! ```
+//!
+//! Modules: [`cli`] the command line; [`target`] what differs between
+//! herald, Nchan and Pushpin (channels, publish bodies, server processes)
+//! and spawning herald; [`http`] the small HTTP/1.1 client; [`subscriber`]
+//! and [`sse`] one stream and its frames; [`shards`] the client threads;
+//! [`scenarios`] the runs; [`report`] and [`plot`] their results.
 //!
 //! Subscribers are raw tokio `TcpStream`s speaking HTTP/1.1 with an
 //! incremental SSE parser (no per-frame allocation), spread over a few
@@ -35,7 +42,7 @@ use http::Endpoint;
 use report::{print_report, write_json};
 use scenarios::Ctx;
 use shards::Shards;
-use target::{nchan_pids, SpawnOptions, SpawnedHerald, Target, TargetKind};
+use target::{nchan_pids, pushpin_pids, SpawnOptions, SpawnedHerald, Target, TargetKind};
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
@@ -110,15 +117,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     let mut spawned = None;
     let outcome = match &cli.scenario {
         Scenario::Single(single) => {
-            let target = match common.target {
-                TargetKind::Herald => herald_target(&common, &ctx, &mut spawned).await?,
-                TargetKind::Nchan => {
-                    if common.spawn_herald.is_some() {
-                        return Err("--spawn-herald goes with --target herald".to_owned());
-                    }
-                    nchan_target(&common, &ctx, true).await?
-                }
-            };
+            if common.target != TargetKind::Herald && common.spawn_herald.is_some() {
+                return Err("--spawn-herald goes with --target herald".to_owned());
+            }
+            let target = target_of(common.target, &common, &ctx, &mut spawned, true).await?;
             let result = scenarios::run_single(&ctx, &target, single).await;
             let mut report = match result {
                 Ok(report) => report,
@@ -144,17 +146,22 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Scenario::StreamWorker => scenarios::cluster::worker(&ctx).await,
         Scenario::Compare(args) => {
-            let herald = herald_target(&common, &ctx, &mut spawned).await?;
-            let nchan = nchan_target(&common, &ctx, false).await?;
+            let kinds = scenarios::compare::plan(args)?;
+            let mut targets = Vec::with_capacity(kinds.len());
+            for kind in kinds {
+                targets.push(target_of(kind, &common, &ctx, &mut spawned, false).await?);
+            }
             let plot = args.plot.clone().unwrap_or_else(|| match &common.out {
                 Some(out) => out.with_extension("svg"),
                 None => PathBuf::from(format!("compare-{}.svg", args.scenario.name())),
             });
-            let mut comparison = scenarios::compare::run(&ctx, &herald, &nchan, args, &plot)
+            let mut comparison = scenarios::compare::run(&ctx, &targets, args, &plot)
                 .await
                 .map_err(|e| with_server_log(e, spawned.as_mut()))?;
-            for report in &mut comparison.herald {
-                annotate(&mut report.params, spawned.as_ref());
+            if let Some(runs) = comparison.runs.get_mut(TargetKind::Herald.name()) {
+                for report in runs {
+                    annotate(&mut report.params, spawned.as_ref());
+                }
             }
             if let Some(out) = &common.out {
                 write_json(out, &comparison)?;
@@ -194,6 +201,23 @@ fn with_server_log(error: String, spawned: Option<&mut SpawnedHerald>) -> String
             }
         }
         None => error,
+    }
+}
+
+/// The target of `kind`: herald (spawned, or at --url), Nchan or Pushpin.
+/// `single`: a run against this target alone, where --url and --server-pid
+/// are its.
+async fn target_of(
+    kind: TargetKind,
+    common: &Common,
+    ctx: &Ctx,
+    spawned: &mut Option<SpawnedHerald>,
+    single: bool,
+) -> Result<Target, String> {
+    match kind {
+        TargetKind::Herald => herald_target(common, ctx, spawned).await,
+        TargetKind::Nchan => nchan_target(common, ctx, single).await,
+        TargetKind::Pushpin => pushpin_target(common, ctx, single).await,
     }
 }
 
@@ -239,6 +263,7 @@ async fn herald_target(
     Ok(Target {
         kind: TargetKind::Herald,
         endpoint,
+        publish_endpoint: None,
         admin_token: common.admin_token.clone(),
         publisher_token: common.publisher_token.clone(),
         server_pids: pids,
@@ -297,6 +322,35 @@ async fn nchan_target(common: &Common, ctx: &Ctx, single: bool) -> Result<Target
     Ok(Target {
         kind: TargetKind::Nchan,
         endpoint,
+        publish_endpoint: None,
+        admin_token: String::new(),
+        publisher_token: String::new(),
+        server_pids: pids,
+        timeout: ctx.timeout,
+    })
+}
+
+/// Pushpin: streams at --url (single runs) or --pushpin-url, publishing at
+/// --pushpin-publish-url.
+async fn pushpin_target(common: &Common, ctx: &Ctx, single: bool) -> Result<Target, String> {
+    let url = match (&common.url, single) {
+        (Some(url), true) => url.clone(),
+        _ => common.pushpin_url.clone(),
+    };
+    let endpoint = Endpoint::parse(&url)?;
+    let publish = Endpoint::parse(&common.pushpin_publish_url)?;
+    const START: &str = "Pushpin (start it with ../shared/peers/pushpin/start.sh)";
+    reachable(&endpoint, ctx, START).await?;
+    reachable(&publish, ctx, &format!("{START}: its publish endpoint")).await?;
+    let pids = if single && !common.server_pid.is_empty() {
+        common.server_pid.clone()
+    } else {
+        pushpin_pids(&common.pushpin_run_dir)
+    };
+    Ok(Target {
+        kind: TargetKind::Pushpin,
+        endpoint,
+        publish_endpoint: Some(publish),
         admin_token: String::new(),
         publisher_token: String::new(),
         server_pids: pids,

@@ -21,8 +21,10 @@ pub async fn run(ctx: &Ctx, target: &Target, args: &ConnectionsArgs) -> Result<R
     let channel = Arc::new(target.create_channel(args.connections).await?);
     let mut warnings = Vec::new();
     if target.server_pids.is_empty() {
-        warnings
-            .push("no server pid (--server-pid, or --spawn-herald): RSS not measured".to_owned());
+        warnings.push(
+            "no server pid (--server-pid, --spawn-herald, or a peer's pid files): RSS not measured"
+                .to_owned(),
+        );
     }
     tokio::time::sleep(settle).await;
     let rss_before = target.server_rss_kib();

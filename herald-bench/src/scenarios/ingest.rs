@@ -12,7 +12,7 @@ use super::publish::{self, PublishPlan};
 use super::{secs, Ctx};
 use crate::cli::IngestArgs;
 use crate::report::{Better, Metrics, Percentiles, Report};
-use crate::target::{Channel, Target, TargetKind};
+use crate::target::{check_batch, Channel, Target, TargetKind};
 
 pub async fn run(ctx: &Ctx, target: &Target, args: &IngestArgs) -> Result<Report, String> {
     validate(target.kind, args)?;
@@ -29,17 +29,7 @@ pub fn validate(kind: TargetKind, args: &IngestArgs) -> Result<(), String> {
     if args.idempotency_keys && kind != TargetKind::Herald {
         return Err("--idempotency-keys is herald's".to_owned());
     }
-    let max_batch = match kind {
-        TargetKind::Herald => 1000,
-        TargetKind::Nchan => 1,
-    };
-    if args.batch == 0 || args.batch > max_batch {
-        return Err(format!(
-            "--batch must be 1..={max_batch} for {}",
-            kind.name()
-        ));
-    }
-    Ok(())
+    check_batch(kind, args.batch, args.payload_bytes)
 }
 
 /// The run on a channel set up already; publisher `p` publishes on

@@ -1,6 +1,7 @@
 //! The SVG plot of a comparison: the distribution (latency percentiles or
 //! the scenario's equivalent) on the left, the throughput metric of every
-//! round on the right, herald and Nchan side by side.
+//! round on the right, one coloured line per side (herald, Nchan, Pushpin;
+//! or one node and a cluster).
 
 use std::path::Path;
 
@@ -8,32 +9,44 @@ use plotters::prelude::*;
 
 use crate::report::{fmt_num, median, Percentiles, Report};
 
-const HERALD: RGBColor = RGBColor(0xd9, 0x48, 0x1c);
-const NCHAN: RGBColor = RGBColor(0x1f, 0x6f, 0xb4);
+/// Colours of the sides, in order (herald's first).
+const COLORS: [RGBColor; 4] = [
+    RGBColor(0xd9, 0x48, 0x1c),
+    RGBColor(0x1f, 0x6f, 0xb4),
+    RGBColor(0x2c, 0x9a, 0x3c),
+    RGBColor(0x7b, 0x4a, 0xa8),
+];
 /// A named, coloured line.
 type Series<'a> = (&'a str, RGBColor, Vec<(i32, f64)>);
 
 const LABELS: [&str; 5] = ["p50", "p90", "p99", "p99.9", "max"];
 
-pub fn render(
-    path: &Path,
-    scenario: &str,
-    herald: &[Report],
-    nchan: &[Report],
-    herald_p: Option<&Percentiles>,
-    nchan_p: Option<&Percentiles>,
-) -> Result<(), String> {
+/// One side of a plot: its runs and the median of their percentiles.
+pub struct Side<'a> {
+    pub name: &'a str,
+    pub runs: &'a [Report],
+    pub percentiles: Option<&'a Percentiles>,
+}
+
+/// The plot of a `compare` run, one side per target.
+pub fn render(path: &Path, scenario: &str, sides: &[Side<'_>]) -> Result<(), String> {
     crate::report::create_parent(path)?;
-    draw(
-        path,
-        &format!("herald vs Nchan — {scenario}"),
-        ["herald", "nchan"],
-        herald,
-        nchan,
-        herald_p,
-        nchan_p,
-    )
-    .map_err(|e| format!("plot {}: {e}", path.display()))
+    let title = sides
+        .iter()
+        .map(|s| display_name(s.name))
+        .collect::<Vec<_>>()
+        .join(" vs ");
+    draw(path, &format!("{title} — {scenario}"), sides)
+        .map_err(|e| format!("plot {}: {e}", path.display()))
+}
+
+/// How a target is named in a title.
+fn display_name(name: &str) -> &str {
+    match name {
+        "nchan" => "Nchan",
+        "pushpin" => "Pushpin",
+        other => other,
+    }
 }
 
 /// The same plot for any two sides (e.g. one node and a cluster), each
@@ -55,28 +68,24 @@ pub fn render_sides(
         )
     };
     let (first_p, second_p) = (of(first), of(second));
-    draw(
-        path,
-        title,
-        names,
-        first,
-        second,
-        first_p.as_ref(),
-        second_p.as_ref(),
-    )
-    .map_err(|e| format!("plot {}: {e}", path.display()))
+    let sides = [
+        Side {
+            name: names[0],
+            runs: first,
+            percentiles: first_p.as_ref(),
+        },
+        Side {
+            name: names[1],
+            runs: second,
+            percentiles: second_p.as_ref(),
+        },
+    ];
+    draw(path, title, &sides).map_err(|e| format!("plot {}: {e}", path.display()))
 }
 
-fn draw(
-    path: &Path,
-    title: &str,
-    names: [&str; 2],
-    herald: &[Report],
-    nchan: &[Report],
-    herald_p: Option<&Percentiles>,
-    nchan_p: Option<&Percentiles>,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let sample = herald.first().or(nchan.first());
+fn draw(path: &Path, title: &str, sides: &[Side<'_>]) -> Result<(), Box<dyn std::error::Error>> {
+    let color = |i: usize| COLORS[i % COLORS.len()];
+    let sample = sides.iter().find_map(|s| s.runs.first());
     let percentiles_title = sample.map_or("", |r| r.percentiles_title.as_str());
     let throughput_key = sample.map_or("", |r| r.throughput_key.as_str());
     let throughput = sample.and_then(|r| r.metric(throughput_key));
@@ -95,17 +104,18 @@ fn draw(
     let (left, right) = root.split_horizontally(600);
 
     // Left: percentiles (medians over rounds), log scale.
-    let series: Vec<Series<'_>> = [(names[0], HERALD, herald_p), (names[1], NCHAN, nchan_p)]
-        .into_iter()
-        .filter_map(|(name, color, p)| {
-            p.map(|p| {
+    let series: Vec<Series<'_>> = sides
+        .iter()
+        .enumerate()
+        .filter_map(|(i, side)| {
+            side.percentiles.map(|p| {
                 let points = p
                     .points()
                     .iter()
                     .enumerate()
                     .map(|(i, (_, v))| (i as i32, v.max(0.001)))
                     .collect();
-                (name, color, points)
+                (side.name, color(i), points)
             })
         })
         .collect();
@@ -171,17 +181,18 @@ fn draw(
         .draw()?;
 
     // Right: the throughput metric per round.
-    let rounds = herald.len().max(nchan.len()).max(1) as i32;
+    let rounds = sides.iter().map(|s| s.runs.len()).max().unwrap_or(0).max(1) as i32;
     let per_round = |runs: &[Report]| -> Vec<(i32, f64)> {
         runs.iter()
             .enumerate()
             .filter_map(|(i, r)| r.metric(throughput_key).map(|m| (i as i32 + 1, m.value)))
             .collect()
     };
-    let tput: Vec<Series<'_>> = vec![
-        (names[0], HERALD, per_round(herald)),
-        (names[1], NCHAN, per_round(nchan)),
-    ];
+    let tput: Vec<Series<'_>> = sides
+        .iter()
+        .enumerate()
+        .map(|(i, side)| (side.name, color(i), per_round(side.runs)))
+        .collect();
     let top = tput
         .iter()
         .flat_map(|(_, _, pts)| pts.iter().map(|(_, v)| *v))
