@@ -124,6 +124,8 @@ impl PgStore {
                 .bind(&types)
                 .bind(&sources)
                 .bind(&payloads)
+                .bind(ids.first())
+                .bind(ids.last())
                 .fetch_all(&self.writer)
                 .await?
         } else {
@@ -149,25 +151,25 @@ impl PgStore {
 /// Inserts a group's events and moves the id clock, in one statement. The
 /// clock's UPDATE takes its row lock, held until commit, and sees the
 /// clock as the last commit left it (even one that committed while this
-/// statement waited for the lock); when the ids proposed (`$2`) are not
-/// after it, they are given the prefix after the clock's (see the
-/// `0004_commit_function` migration). Answers the clock's previous id and the
-/// prefix given, if any.
+/// statement waited for the lock); when the ids proposed (`$2`, from `$6`
+/// to `$7`) are not after it, they are inserted with the prefix after the
+/// clock's (see the `0004_commit_function` migration). Answers the clock's
+/// previous id and the prefix given, if any.
 const COMMIT: &str = concat!(
     "WITH clock AS (",
-    "UPDATE id_clock SET previous_id = last_id, last_id = ",
-    "CASE WHEN ($2::text[])[1] COLLATE \"C\" > last_id THEN ($2::text[])[cardinality($2::text[])] ",
-    "ELSE herald_prefix_after(last_id) || substr(($2::text[])[cardinality($2::text[])], 15) END ",
-    "RETURNING previous_id, last_id",
-    "), moved AS (",
-    "SELECT previous_id, CASE WHEN last_id = ($2::text[])[cardinality($2::text[])] THEN NULL ",
-    "ELSE substr(last_id, 1, 14) END AS prefix FROM clock",
-    "), inserted AS (",
+    "UPDATE id_clock SET previous_id = last_id, last_id = CASE WHEN $6 COLLATE \"C\" > last_id ",
+    "THEN $7 ELSE herald_prefix_after(last_id) || substr($7, 15) END ",
+    "RETURNING previous_id, NULLIF(substr(last_id, 1, 14), substr($7, 1, 14)) AS prefix",
+    "), as_proposed AS (",
     "INSERT INTO events (map_id, id, type, source, payload) ",
-    "SELECT e.map_id, COALESCE(m.prefix || substr(e.id, 15), e.id), e.type, e.source, e.payload ",
-    "FROM moved m, UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) ",
-    "AS e (map_id, id, type, source, payload)",
-    ") SELECT previous_id, prefix AS moved_prefix FROM moved"
+    "SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) ",
+    "WHERE (SELECT prefix FROM clock) IS NULL",
+    "), moved AS (",
+    "INSERT INTO events (map_id, id, type, source, payload) ",
+    "SELECT e.map_id, (SELECT prefix FROM clock) || substr(e.id, 15), e.type, e.source, e.payload ",
+    "FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) ",
+    "AS e (map_id, id, type, source, payload) WHERE (SELECT prefix FROM clock) IS NOT NULL",
+    ") SELECT previous_id, prefix AS moved_prefix FROM clock"
 );
 
 /// Commits a group with idempotency keys: see `herald_commit_keyed`.
