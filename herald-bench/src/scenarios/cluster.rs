@@ -766,32 +766,18 @@ struct TableStats {
 }
 
 /// What the tables say about the run: commits (each moves the id clock
-/// once), commits that took the slow path (the one-statement commit found
-/// the clock moved by another node, then a transaction locked the clock:
-/// three scans of `id_clock` instead of one), and the writes to the
-/// cluster-wide connection slots.
+/// once, in one statement) and the writes to the cluster-wide connection
+/// slots.
 fn add_store_stats(report: &mut Report, stats: &HashMap<String, TableStats>) {
     let mut m = Metrics::default();
     if let Some(clock) = stats.get("id_clock") {
         let commits = clock.updated;
-        let slow = ((clock.scans - commits) / 2).max(0);
         m.add(
             "commits",
             "commits (id clock moves)",
             "",
             commits as f64,
             Better::Neither,
-        );
-        m.add(
-            "slow_commits_pct",
-            "commits that locked the clock after a miss",
-            "%",
-            if commits > 0 {
-                100.0 * slow as f64 / commits as f64
-            } else {
-                0.0
-            },
-            Better::Lower,
         );
         if let Some(events) = stats.get("events") {
             if commits > 0 {
