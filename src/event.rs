@@ -1,7 +1,8 @@
 //! Events: validation of published bodies, the stored envelope and its SSE
 //! frame, encoded once per event and shared by every subscriber.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -33,6 +34,9 @@ pub struct Event {
     /// Where the envelope JSON and its payload start inside `frame`.
     envelope_start: usize,
     payload_start: usize,
+    /// When its commit returned, for an event delivered live (not read
+    /// back from the store): the start of its hand-off to the streams.
+    committed_at: OnceLock<Instant>,
 }
 
 /// Shared handle: hubs, history and sessions pass events by reference count.
@@ -75,7 +79,18 @@ impl Event {
             frame: frame.freeze(),
             envelope_start,
             payload_start,
+            committed_at: OnceLock::new(),
         }
+    }
+
+    /// Records that its commit returned now (once; later calls keep the first).
+    pub fn mark_committed(&self) {
+        let _ = self.committed_at.set(Instant::now());
+    }
+
+    /// When its commit returned, if it was marked.
+    pub fn committed_at(&self) -> Option<Instant> {
+        self.committed_at.get().copied()
     }
 
     /// The whole SSE frame, ready to write.

@@ -1,6 +1,6 @@
 //! Process metrics: counters shown by `/api/admin/stats`, and the same plus
-//! per-map connection gauges and the commit-latency histogram as Prometheus
-//! text on `/metrics`.
+//! per-map connection gauges and the commit and hand-off latency histograms
+//! as Prometheus text on `/metrics`.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
@@ -23,6 +23,10 @@ pub struct Metrics {
     pub store_batches: IntCounter,
     pub store_failures: IntCounter,
     pub commit_seconds: Histogram,
+    /// From a commit's return to its frame being queued for a stream's
+    /// socket: the hand-off through feed, hub and session (one event in 8,
+    /// at every stream).
+    pub handoff_seconds: Histogram,
     connections: IntGauge,
     connections_by_map: IntGaugeVec,
     /// Recent `(when, published, delivered)` samples, for rates.
@@ -85,6 +89,20 @@ impl Default for Metrics {
         registry
             .register(Box::new(commit_seconds.clone()))
             .expect("unique metric");
+        let handoff_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "herald_delivery_handoff_seconds",
+                "From a commit's return to the event's frame queued for a stream's socket (one event in 8, every stream).",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05,
+                0.1, 0.5,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(handoff_seconds.clone()))
+            .expect("unique metric");
         let connections =
             IntGauge::new("herald_connections", "Open SSE streams.").expect("valid metric");
         registry
@@ -106,6 +124,7 @@ impl Default for Metrics {
             store_batches,
             store_failures,
             commit_seconds,
+            handoff_seconds,
             connections,
             connections_by_map,
             samples: Mutex::default(),

@@ -1154,6 +1154,13 @@ async fn health_ready_and_metrics(backend: Backend) {
             json!([{"type": "m.1"}, {"type": "m.2"}, {"type": "m.3"}]),
         )
         .await;
+    // One batch gets consecutive ids: the hand-off histogram samples one
+    // id in 8, so 16 delivered live record at least one.
+    let mut stream = relay.subscribe(&map.slug, &map.key, "", None).await;
+    stream.connected().await;
+    let batch: Vec<_> = (0..16).map(|i| json!({"type": format!("h.{i}")})).collect();
+    relay.publish(&map.slug, json!(batch)).await;
+    assert_eq!(stream.take(16).await.len(), 16);
     let after = relay
         .http
         .get(relay.url("/metrics"))
@@ -1165,7 +1172,9 @@ async fn health_ready_and_metrics(backend: Backend) {
         .expect("text");
     assert_eq!(
         metric(&after, "herald_events_published_total"),
-        Some(published_before + 3.0),
-        "metrics after publishing 3: {after}"
+        Some(published_before + 19.0),
+        "metrics after publishing 19: {after}"
     );
+    let handoffs = metric(&after, "herald_delivery_handoff_seconds_count").unwrap_or(0.0);
+    assert!(handoffs >= 1.0, "hand-off recorded: {after}");
 }

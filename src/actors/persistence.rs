@@ -116,6 +116,9 @@ impl Persistence {
                             this.metrics
                                 .commit_seconds
                                 .observe(started.elapsed().as_secs_f64());
+                            for event in &commit.events {
+                                event.mark_committed();
+                            }
                             this.metrics.store_batches.inc();
                             this.metrics.published.inc_by(commit.events.len() as u64);
                             if let Some(last) = commit.events.last() {

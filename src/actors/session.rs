@@ -637,6 +637,13 @@ impl BodyState {
                         self.link.reason = CloseReason::SlowConsumer;
                         return None;
                     }
+                    // One event in 8 (ids are consecutive), at every stream:
+                    // a histogram per delivery costs 3 % of a fan-out's CPU.
+                    let sampled = batch.iter().filter(|e| e.id.0 % 8 == 0);
+                    for committed in sampled.filter_map(|e| e.committed_at()) {
+                        let handoff = committed.elapsed().as_secs_f64();
+                        self.services.metrics.handoff_seconds.observe(handoff);
+                    }
                     let chunk = match batch.as_slice() {
                         // One new event: its shared frame goes out as is.
                         [event] if event.id > self.cursor => {
