@@ -206,7 +206,7 @@ pub(crate) fn joined_ids(ids: &[Ulid]) -> String {
 }
 
 /// The low bits of an id that stay when a store moves a group's ids after
-/// another node's (see the PostgreSQL `herald_commit` migration): the
+/// another node's (see the PostgreSQL `0004_commit_function` migration): the
 /// bits above them, its prefix, are one value for the whole group.
 pub(crate) const ID_TAIL_BITS: u32 = 60;
 const ID_TAIL: u128 = (1 << ID_TAIL_BITS) - 1;

@@ -189,7 +189,7 @@ fn answer(
     };
     let first = rows
         .first()
-        .ok_or_else(|| StoreError::Unavailable("herald_commit answered no row".into()))?;
+        .ok_or_else(|| StoreError::Unavailable("the commit answered no row".into()))?;
     let previous = ulid_column(&column(first, "previous_id")?.unwrap_or_default())?;
     if let Some(prefix) = column(first, "moved_prefix")? {
         let high = ulid_column(&format!("{prefix:0<26}"))?.0;
