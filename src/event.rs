@@ -83,9 +83,9 @@ impl Event {
         }
     }
 
-    /// Records that its commit returned now (once; later calls keep the first).
-    pub fn mark_committed(&self) {
-        let _ = self.committed_at.set(Instant::now());
+    /// Records when its commit returned (once; later calls keep the first).
+    pub fn mark_committed(&self, at: Instant) {
+        let _ = self.committed_at.set(at);
     }
 
     /// When its commit returned, if it was marked.

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -105,7 +105,7 @@ impl Persistence {
         let after = self.last_id.max(self.feed.cursor());
         let now_ms = self.cluster.now_ms();
         let ttl_ms = self.idempotency_ttl_ms;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         ctx.spawn(
             async move { store.commit(after, now_ms, ttl_ms, &publications).await }
                 .into_actor(self)
@@ -116,8 +116,9 @@ impl Persistence {
                             this.metrics
                                 .commit_seconds
                                 .observe(started.elapsed().as_secs_f64());
+                            let committed_at = Instant::now();
                             for event in &commit.events {
-                                event.mark_committed();
+                                event.mark_committed(committed_at);
                             }
                             this.metrics.store_batches.inc();
                             this.metrics.published.inc_by(commit.events.len() as u64);

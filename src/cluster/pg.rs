@@ -49,10 +49,11 @@ pub struct PgCluster {
     runtime: Arc<StoreRuntime>,
     /// The newest id this node committed, for the notifier task.
     committed: watch::Sender<Option<Ulid>>,
-    /// The notifier's connection: a notification is only a wake-up, so it
-    /// does not wait for its commit to reach the disk
-    /// (`synchronous_commit = off`) — a notification per group commit must
-    /// not double the fsyncs of the commits themselves.
+    /// The notifier's own connection, so that a notification never waits
+    /// behind a burst of admissions for one of the pool's. Like the pool's,
+    /// its commits do not wait for the disk: a notification is only a
+    /// wake-up, and one per group commit must not double the fsyncs of the
+    /// commits themselves.
     notifier: PgPool,
     /// Other live nodes exist (as of the last heartbeat): alone, a node
     /// notifies nobody.
@@ -87,24 +88,18 @@ impl PgCluster {
         // for the disk, so an admission holds its map's lock for the
         // statement only, not for an fsync: with an fsync, 64 connects to
         // one map queued 40-80 ms each.
+        let bookkeeping = options
+            .clone()
+            .application_name(&format!("herald:{name}"))
+            .options([("synchronous_commit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(
-                options
-                    .clone()
-                    .application_name(&format!("herald:{name}"))
-                    .options([("synchronous_commit", "off")]),
-            );
+            .connect_lazy_with(bookkeeping.clone());
         let notifier = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(
-                options
-                    .clone()
-                    .application_name(&format!("herald:{name}"))
-                    .options([("synchronous_commit", "off")]),
-            );
+            .connect_lazy_with(bookkeeping);
         let listen_options = options.application_name(&format!("herald-listen:{name}"));
         Ok(Self {
             pool,

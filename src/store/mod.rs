@@ -208,8 +208,13 @@ pub(crate) fn joined_ids(ids: &[Ulid]) -> String {
 /// The low bits of an id that stay when a store moves a group's ids after
 /// another node's (see the PostgreSQL `0004_commit_function` migration): the
 /// bits above them, its prefix, are one value for the whole group.
-pub(crate) const ID_TAIL_BITS: u32 = 60;
+const ID_TAIL_BITS: u32 = 60;
 const ID_TAIL: u128 = (1 << ID_TAIL_BITS) - 1;
+
+/// `id` with the prefix of `prefix` (its tail kept).
+pub(crate) fn with_prefix(id: Ulid, prefix: Ulid) -> Ulid {
+    Ulid((prefix.0 & !ID_TAIL) | (id.0 & ID_TAIL))
+}
 
 /// `count` consecutive ids after `previous`: the first time-based at
 /// `now_ms` when that is later, else `previous + 1` (same millisecond, or
@@ -833,14 +838,13 @@ mod tests {
 
     #[test]
     fn a_group_shares_one_prefix() {
-        let tail = (1u128 << ID_TAIL_BITS) - 1;
-        let near_the_end = Ulid(Ulid::from_parts(2_000, 0).0 | (tail - 1));
+        let near_the_end = Ulid(Ulid::from_parts(2_000, 0).0 | (ID_TAIL - 1));
         let ids = propose_ids(near_the_end, 1_000, 3);
         assert!(ids[0] > near_the_end);
         assert!(ids
             .iter()
             .all(|id| id.0 >> ID_TAIL_BITS == ids[0].0 >> ID_TAIL_BITS));
-        assert_eq!(ids[0].0 & tail, 0, "starts the next prefix");
+        assert_eq!(ids[0].0 & ID_TAIL, 0, "starts the next prefix");
         assert_eq!(ids[2].0, ids[0].0 + 2);
     }
 

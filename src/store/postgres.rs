@@ -11,8 +11,8 @@ use ulid::Ulid;
 use sqlx::Row as _;
 
 use super::{
-    build_events, joined_ids, propose_ids, settle, ulid_column, BoundKey, Commit, Publication,
-    StoreError, ID_TAIL_BITS,
+    build_events, joined_ids, propose_ids, settle, ulid_column, with_prefix, BoundKey, Commit,
+    Publication, StoreError,
 };
 
 /// Connections: enough for group commits, backfills and admin reads at once.
@@ -144,7 +144,7 @@ impl PgStore {
                 .fetch_all(&self.writer)
                 .await?
         };
-        Ok(answer(publications, proposed, &rows))
+        Ok(answer(publications, proposed, &rows, !keys.is_empty()))
     }
 }
 
@@ -178,11 +178,13 @@ const COMMIT_KEYED: &str = "SELECT * FROM herald_commit_keyed($1::text[], $2::te
      $10::text[], $11)";
 
 /// Reads a commit's answer: the clock's previous id, the prefix the
-/// proposed ids were moved to, if any, and the live bindings found.
+/// proposed ids were moved to, if any, and (`keyed`: the group had keys)
+/// the live bindings found.
 fn answer(
     publications: &[Publication],
     mut ids: Vec<Ulid>,
     rows: &[PgRow],
+    keyed: bool,
 ) -> Result<Commit, StoreError> {
     let column = |row: &PgRow, name: &str| -> Result<Option<String>, StoreError> {
         row.try_get(name).map_err(StoreError::from)
@@ -192,14 +194,12 @@ fn answer(
         .ok_or_else(|| StoreError::Unavailable("the commit answered no row".into()))?;
     let previous = ulid_column(&column(first, "previous_id")?.unwrap_or_default())?;
     if let Some(prefix) = column(first, "moved_prefix")? {
-        let high = ulid_column(&format!("{prefix:0<26}"))?.0;
-        let tail = (1u128 << ID_TAIL_BITS) - 1;
+        let prefix = ulid_column(&format!("{prefix:0<26}"))?;
         for id in &mut ids {
-            *id = Ulid(high | (id.0 & tail));
+            *id = with_prefix(*id, prefix);
         }
     }
     let mut bound = Vec::new();
-    let keyed = first.try_column("bound_map").is_ok();
     for row in rows.iter().filter(|_| keyed) {
         let (Some(map_id), Some(key), Some(body_hash), Some(ids)) = (
             column(row, "bound_map")?,
