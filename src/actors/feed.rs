@@ -8,6 +8,12 @@
 //! one tick at most; it never loses one. A commit whose answer was lost
 //! (the publisher got 503, the row exists) is found the same way.
 //!
+//! A read asks only for the maps this node has hubs for (see
+//! `Hubs::feed_scope`), and moves the cursor to the newest id in any map:
+//! a node serves its own streams, it does not copy the cluster's traffic.
+//! While no hub runs, a wake-up or a commit of this node that names the
+//! newest id moves the cursor without reading at all.
+//!
 //! This node's own commits skip the read when they can: a commit says which
 //! id was the newest before it (`Commit::previous`), and if that is the
 //! cursor, nothing can lie between, so its events go to the hubs at once.
@@ -20,7 +26,7 @@ use ulid::Ulid;
 
 use super::hub::Hubs;
 use crate::event::SharedEvent;
-use crate::store::SharedStore;
+use crate::store::{FeedPage, SharedStore};
 
 /// How often the feed reads the store even if nobody woke it: the bound on
 /// the delay of an event whose notification was lost.
@@ -87,6 +93,13 @@ pub struct Feed {
     cursor_at_tick: Ulid,
     /// Events per store read.
     page: u32,
+    /// The next read takes every map's events (see `Hubs::feed_scope`).
+    read_every_map: bool,
+    /// Everything through this id is committed and not yet caught up with.
+    committed_through: Option<Ulid>,
+    /// Something may be committed that no id names (a tick, a listener
+    /// that reconnected, a full page): only a read can tell.
+    must_read: bool,
 }
 
 impl Feed {
@@ -109,57 +122,72 @@ impl Feed {
             // node's events, or a commit whose answer was lost): the store
             // gives all of them in order. The publisher need not wait.
             (commit.answer)();
-            self.catch_up(ctx);
+            self.catch_up(Some(commit.through), ctx);
         }
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if self.cursor == self.cursor_at_tick {
-            self.catch_up(ctx);
+            self.catch_up(None, ctx);
         }
         self.cursor_at_tick = self.cursor;
     }
 
-    /// Reads and delivers everything committed after the cursor.
-    fn catch_up(&mut self, ctx: &mut Context<Self>) {
+    /// Catches up with what was committed: through `through` when the
+    /// caller knows, else whatever the store holds.
+    fn catch_up(&mut self, through: Option<Ulid>, ctx: &mut Context<Self>) {
+        match through {
+            Some(id) => self.committed_through = self.committed_through.max(Some(id)),
+            None => self.must_read = true,
+        }
         if self.reading {
             self.again = true;
             return;
         }
-        self.reading = true;
         self.again = false;
+        if !self.must_read && self.committed_through.is_none_or(|id| id <= self.cursor) {
+            self.committed_through = None;
+            return;
+        }
+        let mut scope = self.hubs.feed_scope();
+        if !self.must_read && scope.maps.as_ref().is_some_and(Vec::is_empty) {
+            // No hub to hand anything to, and a hub started later reads its
+            // head from the store, after these commits.
+            if let Some(id) = self.committed_through.take() {
+                self.advance(id);
+            }
+            return;
+        }
+        // The read's snapshot holds whatever was known committed by now.
+        self.committed_through = None;
+        self.must_read = false;
+        self.reading = true;
         let store = Arc::clone(&self.store);
         let after = self.cursor;
         let limit = self.page;
+        if std::mem::take(&mut self.read_every_map) {
+            scope.maps = None;
+        }
+        let maps = scope.maps.clone();
         ctx.spawn(
-            async move { store.events_after(None, after, limit).await }
+            async move { store.feed_page(maps.as_deref(), after, limit).await }
                 .into_actor(self)
                 .map(move |result, feed, ctx| {
                     feed.reading = false;
-                    let mut full = false;
                     match result {
-                        Ok(page) => {
-                            full = page.len() == limit as usize;
-                            let bytes: usize = page.iter().map(|e| e.frame().len()).sum();
-                            let per_event = (bytes / page.len().max(1)).max(1);
-                            feed.page = u32::try_from(PAGE_BYTES / per_event)
-                                .unwrap_or(u32::MAX)
-                                .clamp(PAGE.0, PAGE.1);
-                            let fresh: Vec<SharedEvent> = page
-                                .into_iter()
-                                .filter(|e| e.id > feed.cursor)
-                                .map(Arc::new)
-                                .collect();
-                            if let Some(last) = fresh.last() {
-                                feed.advance(last.id);
-                                feed.hubs.deliver(&fresh, || {});
-                            }
+                        Ok(_) if scope.maps.is_some() && feed.hubs.started() != scope.started => {
+                            // A hub started meanwhile may need events this
+                            // read left out: read again, every map's.
+                            feed.read_every_map = true;
+                            feed.must_read = true;
+                            feed.again = true;
                         }
+                        Ok(page) => feed.take(page, limit),
                         // The tick, or the next commit, tries again.
                         Err(err) => log::warn!("feed: cannot read committed events: {err}"),
                     }
-                    if full || std::mem::take(&mut feed.again) {
-                        feed.catch_up(ctx);
+                    if std::mem::take(&mut feed.again) {
+                        feed.catch_up(feed.committed_through, ctx);
                     }
                     for commit in std::mem::take(&mut feed.held) {
                         if feed.reading {
@@ -170,6 +198,38 @@ impl Feed {
                     }
                 }),
         );
+    }
+
+    /// Hands a page read by `catch_up` to the hubs and moves the cursor past
+    /// it: to the newest id in any map unless the page was full.
+    fn take(&mut self, page: FeedPage, limit: u32) {
+        let full = page.events.len() == limit as usize;
+        let bytes: usize = page.events.iter().map(|e| e.frame().len()).sum();
+        let per_event = (bytes / page.events.len().max(1)).max(1);
+        self.page = u32::try_from(PAGE_BYTES / per_event)
+            .unwrap_or(u32::MAX)
+            .clamp(PAGE.0, PAGE.1);
+        let last = page.events.last().map(|e| e.id);
+        let fresh: Vec<SharedEvent> = page
+            .events
+            .into_iter()
+            .filter(|e| e.id > self.cursor)
+            .map(Arc::new)
+            .collect();
+        if !fresh.is_empty() {
+            self.hubs.deliver(&fresh, || {});
+        }
+        let through = if full { last } else { last.max(page.newest) };
+        if let Some(through) = through.filter(|&id| id > self.cursor) {
+            self.advance(through);
+        }
+        if full {
+            // Far behind: the next pages come by the id index in order;
+            // a list of maps would sort every event of theirs left to read.
+            self.read_every_map = true;
+            self.must_read = true;
+            self.again = true;
+        }
     }
 }
 
@@ -202,7 +262,7 @@ impl Handler<Wake> for Feed {
         if msg.upto.is_some_and(|upto| upto <= self.cursor) {
             return;
         }
-        self.catch_up(ctx);
+        self.catch_up(msg.upto, ctx);
     }
 }
 
@@ -228,6 +288,9 @@ impl FeedHandle {
             held: Vec::new(),
             cursor_at_tick: newest,
             page: PAGE.1,
+            read_every_map: false,
+            committed_through: None,
+            must_read: false,
         }
         .start();
         Self { addr, cursor }

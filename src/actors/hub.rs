@@ -8,7 +8,7 @@
 //! [`Hubs`] is the registry and the typed handle the rest of the code uses.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -27,6 +27,9 @@ use crate::store::{Scope, SharedStore};
 const IDLE_STOP_AFTER: Duration = Duration::from_secs(30);
 /// Subscribe attempts when the hub found is stopping at that moment.
 const SUBSCRIBE_ATTEMPTS: usize = 3;
+/// Beyond this many running hubs the feed reads every map's events rather
+/// than send the list with each read.
+const MAX_LISTED_MAPS: usize = 256;
 
 /// Tunables of every hub.
 #[derive(Debug, Clone, Copy)]
@@ -303,6 +306,14 @@ impl Handler<Committed> for MapHub {
     }
 }
 
+/// See [`Hubs::feed_scope`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedScope {
+    /// [`Hubs::started`] when the scope was taken.
+    pub started: u64,
+    pub maps: Option<Vec<Ulid>>,
+}
+
 /// The registry of running hubs, shared by handlers and the persistence actor.
 pub struct Registry {
     // A std Mutex: lookups are short and never span an `.await`.
@@ -314,6 +325,8 @@ pub struct Registry {
     config: HubConfig,
     /// See [`MAX_UNTAKEN_BYTES`].
     untaken: Arc<AtomicUsize>,
+    /// Hubs started so far (see [`Hubs::feed_scope`]).
+    started: AtomicU64,
 }
 
 impl Registry {
@@ -340,10 +353,12 @@ impl Hubs {
             store,
             config,
             untaken: Arc::default(),
+            started: AtomicU64::new(0),
         }))
     }
 
     fn start_hub(&self, scope: Scope) -> Addr<MapHub> {
+        self.0.started.fetch_add(1, Ordering::SeqCst);
         let hub = MapHub {
             scope,
             store: Arc::clone(&self.0.store),
@@ -483,6 +498,37 @@ impl Hubs {
         if let Some(answer) = answer_now {
             answer();
         }
+    }
+
+    /// The maps whose events this node's hubs need now (`maps: None`: every
+    /// map, for the firehose or when there are too many to list).
+    ///
+    /// A hub reads its head from the store once started and takes later
+    /// events from the feed. A feed read chosen before a hub started may
+    /// leave out that hub's events of the snapshot it reads, so a read is
+    /// good for the hubs only if `started` has not moved since (see
+    /// [`Hubs::started`]).
+    pub fn feed_scope(&self) -> FeedScope {
+        let started = self.started();
+        let firehose = self
+            .0
+            .firehose
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        let hubs = self
+            .0
+            .map_hubs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let maps =
+            (!firehose && hubs.len() <= MAX_LISTED_MAPS).then(|| hubs.keys().copied().collect());
+        FeedScope { started, maps }
+    }
+
+    /// How many hubs have been started.
+    pub fn started(&self) -> u64 {
+        self.0.started.load(Ordering::SeqCst)
     }
 
     /// Number of running map hubs.

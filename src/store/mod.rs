@@ -95,6 +95,16 @@ pub struct EventHead {
 /// Which events a read covers: one map, or every map (the admin firehose).
 pub type Scope = Option<Ulid>;
 
+/// What the feed reads after its cursor (see [`Store::feed_page`]).
+#[derive(Debug, Default)]
+pub struct FeedPage {
+    /// The events read, oldest first.
+    pub events: Vec<Event>,
+    /// The newest id committed after the cursor in any map, seen in the
+    /// same snapshot as `events`.
+    pub newest: Option<Ulid>,
+}
+
 /// The events of one publish request; they commit together with the other
 /// requests of a group commit, all or nothing.
 #[derive(Debug, Clone)]
@@ -312,6 +322,16 @@ pub trait Store: Send + Sync + 'static {
         after: Ulid,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError>;
+    /// Up to `limit` events with `id > after` in `maps` (in every map when
+    /// `None`), oldest first, and the newest id after `after` in any map,
+    /// read in one snapshot: unless the page is full, nothing of `maps`
+    /// lies between its last event and `newest`.
+    async fn feed_page(
+        &self,
+        maps: Option<&[Ulid]>,
+        after: Ulid,
+        limit: u32,
+    ) -> Result<FeedPage, StoreError>;
     /// Up to `limit` heads with `after < id < before`, newest first.
     async fn heads_between_desc(
         &self,
@@ -680,6 +700,36 @@ macro_rules! impl_store {
                 )
                 .await?;
                 $crate::store::unpack_page(packed.as_deref().unwrap_or_default())
+            }
+
+            async fn feed_page(
+                &self,
+                maps: Option<&[ulid::Ulid]>,
+                after: ulid::Ulid,
+                limit: u32,
+            ) -> Result<$crate::store::FeedPage, $crate::store::StoreError> {
+                let Some(maps) = maps else {
+                    let events = self.events_after(None, after, limit).await?;
+                    let newest = events.last().map(|e| e.id);
+                    return Ok($crate::store::FeedPage { events, newest });
+                };
+                let maps: Vec<String> = maps.iter().map(ulid::Ulid::to_string).collect();
+                let maps = maps.join(",");
+                let (newest, packed): (Option<String>, Option<String>) = $crate::store::timed(
+                    sqlx::query_as(<$store>::FEED_PAGE)
+                        .bind(after.to_string())
+                        .bind(maps)
+                        .bind(i64::from(limit))
+                        .fetch_one(&self.pool),
+                )
+                .await?;
+                Ok($crate::store::FeedPage {
+                    events: $crate::store::unpack_page(packed.as_deref().unwrap_or_default())?,
+                    newest: newest
+                        .as_deref()
+                        .map($crate::store::ulid_column)
+                        .transpose()?,
+                })
             }
 
             async fn heads_between_desc(

@@ -19,7 +19,8 @@ use tokio::sync::oneshot;
 use ulid::Ulid;
 
 use super::{
-    Commit, EventHead, KeyRecord, MapRecord, Publication, Scope, SharedStore, Store, StoreError,
+    Commit, EventHead, FeedPage, KeyRecord, MapRecord, Publication, Scope, SharedStore, Store,
+    StoreError,
 };
 use crate::auth::SecretHash;
 use crate::event::Event;
@@ -183,6 +184,17 @@ impl Store for Offloaded {
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
         self.run(move |s| async move { s.events_after(scope, after, limit).await })
+            .await
+    }
+
+    async fn feed_page(
+        &self,
+        maps: Option<&[Ulid]>,
+        after: Ulid,
+        limit: u32,
+    ) -> Result<FeedPage, StoreError> {
+        let maps = maps.map(<[Ulid]>::to_vec);
+        self.run(move |s| async move { s.feed_page(maps.as_deref(), after, limit).await })
             .await
     }
 

@@ -33,6 +33,7 @@ pub struct PgStore {
 
 impl PgStore {
     const PACKED_AFTER: (&'static str, &'static str) = super::sql::POSTGRES_AFTER;
+    const FEED_PAGE: &'static str = super::sql::POSTGRES_FEED_PAGE;
 
     /// Prepares a lazy pool: nothing is dialled until the first query, so a
     /// database that comes back later is picked up by itself.
@@ -263,8 +264,8 @@ mod tests {
     /// A node that did not hear of another's commit proposes ids before the
     /// clock: they are moved after it, in order, and the answer, the stored
     /// events and a retry's replay all carry the ids as committed.
-    #[tokio::test]
-    async fn a_commit_behind_the_clock_is_moved_after_it() {
+    /// A migrated store in a schema of its own, and the future that drops it.
+    async fn fresh_store() -> (PgStore, impl std::future::Future<Output = ()>) {
         let base = std::env::var("HERALD_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         let schema = format!("u_{}", Ulid::generate().to_string().to_lowercase());
@@ -277,6 +278,18 @@ mod tests {
         let store =
             PgStore::connect(&format!("{base}{sep}options[search_path]={schema}")).expect("url");
         store.migrate().await.expect("migrations");
+        let cleanup = async move {
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(&admin)
+                .await
+                .expect("drop schema");
+        };
+        (store, cleanup)
+    }
+
+    #[tokio::test]
+    async fn a_commit_behind_the_clock_is_moved_after_it() {
+        let (store, cleanup) = fresh_store().await;
         let map = Ulid::generate();
         let now_ms = Ulid::generate().timestamp_ms();
 
@@ -334,9 +347,56 @@ mod tests {
         assert!(plain.events[0].id > retry.through);
         let newest = store.newest_event_id(Some(map)).await.expect("newest");
         assert_eq!(newest, Some(plain.events[0].id), "stored as answered");
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&admin)
+        cleanup.await;
+    }
+
+    /// The feed reads the events of the maps it serves, and learns the
+    /// newest id of all maps from the same snapshot.
+    #[tokio::test]
+    async fn the_feed_reads_its_maps_and_the_newest_id_of_all() {
+        let (store, cleanup) = fresh_store().await;
+        let (served, other) = (Ulid::generate(), Ulid::generate());
+        let now_ms = Ulid::generate().timestamp_ms();
+        let commit = store
+            .commit(
+                Ulid::nil(),
+                now_ms,
+                0,
+                &[
+                    publication(served, &["a", "b"], None),
+                    publication(other, &["c"], None),
+                    publication(served, &["d"], None),
+                    publication(other, &["e"], None),
+                ],
+            )
             .await
-            .expect("drop schema");
+            .expect("commit");
+        let ids: Vec<Ulid> = commit.events.iter().map(|e| e.id).collect();
+
+        let page = store
+            .feed_page(Some(&[served]), Ulid::nil(), 10)
+            .await
+            .expect("read");
+        let read: Vec<Ulid> = page.events.iter().map(|e| e.id).collect();
+        assert_eq!(read, [ids[0], ids[1], ids[3]], "only the served map's");
+        assert_eq!(page.newest, Some(ids[4]), "the newest of all maps");
+
+        let full = store
+            .feed_page(Some(&[served]), Ulid::nil(), 2)
+            .await
+            .expect("read");
+        assert_eq!(full.events.len(), 2);
+        let none = store.feed_page(Some(&[]), ids[1], 10).await.expect("read");
+        assert!(none.events.is_empty());
+        assert_eq!(none.newest, Some(ids[4]));
+        let every = store.feed_page(None, ids[2], 10).await.expect("read");
+        assert_eq!(every.events.len(), 2);
+        assert_eq!(every.newest, Some(ids[4]));
+        let past = store
+            .feed_page(Some(&[served]), ids[4], 10)
+            .await
+            .expect("read");
+        assert!(past.events.is_empty() && past.newest.is_none());
+        cleanup.await;
     }
 }

@@ -69,6 +69,32 @@ pub const POSTGRES_AFTER: (&str, &str) = (
     packed_page!("string_agg", "chr", "id > $1", "$2"),
 );
 
+/// The feed's read (see `Store::feed_page`): the newest id after `$1` in
+/// any map, and a packed page of the events after `$1` in the maps listed,
+/// comma-separated, in `$2`; in one statement, so from one snapshot.
+macro_rules! feed_page {
+    ($agg:literal, $chr:literal, $in_maps:literal) => {
+        concat!(
+            "SELECT (SELECT MAX(id) FROM events WHERE id > $1), (",
+            packed_page!($agg, $chr, $in_maps, "$3"),
+            ")"
+        )
+    };
+}
+
+pub const SQLITE_FEED_PAGE: &str = feed_page!(
+    "group_concat",
+    "char",
+    "id > $1 AND instr(',' || $2 || ',', ',' || map_id || ',') > 0"
+);
+pub const POSTGRES_FEED_PAGE: &str = feed_page!(
+    "string_agg",
+    "chr",
+    // An array, not a join: the primary key then serves it even before
+    // the table has statistics (a join was planned as a sequential scan).
+    "id > $1 AND map_id = ANY(string_to_array($2, ','))"
+);
+
 pub const HEADS_IN_MAP: &str = "SELECT id, type, source FROM events \
      WHERE map_id = $1 AND id > $2 AND id < $3 ORDER BY id DESC LIMIT $4";
 pub const HEADS_ANY: &str = "SELECT id, type, source FROM events \

@@ -36,6 +36,7 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     const PACKED_AFTER: (&'static str, &'static str) = super::sql::SQLITE_AFTER;
+    const FEED_PAGE: &'static str = super::sql::SQLITE_FEED_PAGE;
 
     /// The database file (`None` for an in-memory database).
     pub fn file(url: &str) -> Option<std::path::PathBuf> {
