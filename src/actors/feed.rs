@@ -12,7 +12,8 @@
 //! `Hubs::feed_scope`), and moves the cursor to the newest id in any map:
 //! a node serves its own streams, it does not copy the cluster's traffic.
 //! While no hub runs, a wake-up or a commit of this node that names the
-//! newest id moves the cursor without reading at all.
+//! newest id moves the cursor without reading at all (wake-ups name ids of
+//! this node's schema only, see `cluster::Signal::parse`).
 //!
 //! This node's own commits skip the read when they can: a commit says which
 //! id was the newest before it (`Commit::previous`), and if that is the

@@ -52,10 +52,16 @@ pub enum Signal {
 }
 
 impl Signal {
-    /// Reads a notification's payload.
-    pub fn parse(payload: &str) -> Option<Self> {
+    /// Reads a notification's payload, heard by a node whose tables are in
+    /// `schema`.
+    pub fn parse(payload: &str, schema: &str) -> Option<Self> {
         match payload.split_once(':') {
-            Some(("e", id)) => Some(Self::Events(parse_ulid(id))),
+            Some(("e", told)) => match told.split_once(':') {
+                Some((id, from)) if from == schema => Some(Self::Events(parse_ulid(id))),
+                // Another schema's commit: another cluster on this database.
+                Some(_) => None,
+                None => Some(Self::Events(None)),
+            },
             Some(("c", id)) => parse_ulid(id).map(Self::Close),
             None if payload == "d" => Some(Self::Directory),
             None if payload == "n" => Some(Self::Joined),
@@ -586,15 +592,18 @@ mod tests {
     #[test]
     fn notifications_parse() {
         let id = Ulid::from_parts(5, 7);
+        let parse = |payload: &str| Signal::parse(payload, "a:b");
         assert_eq!(
-            Signal::parse(&format!("e:{id}")),
+            parse(&format!("e:{id}:a:b")),
             Some(Signal::Events(Some(id)))
         );
-        assert_eq!(Signal::parse("e:junk"), Some(Signal::Events(None)));
-        assert_eq!(Signal::parse("d"), Some(Signal::Directory));
-        assert_eq!(Signal::parse("n"), Some(Signal::Joined));
-        assert_eq!(Signal::parse(&format!("c:{id}")), Some(Signal::Close(id)));
-        assert_eq!(Signal::parse("c:junk"), None);
-        assert_eq!(Signal::parse("x"), None);
+        assert_eq!(parse(&format!("e:{id}:public")), None, "another schema's");
+        assert_eq!(parse(&format!("e:{id}")), Some(Signal::Events(None)));
+        assert_eq!(parse("e:junk:a:b"), Some(Signal::Events(None)));
+        assert_eq!(parse("d"), Some(Signal::Directory));
+        assert_eq!(parse("n"), Some(Signal::Joined));
+        assert_eq!(parse(&format!("c:{id}")), Some(Signal::Close(id)));
+        assert_eq!(parse("c:junk"), None);
+        assert_eq!(parse("x"), None);
     }
 }

@@ -3,15 +3,16 @@
 //! notification channel — sent after commits (coalesced), listened to on a
 //! connection of its own that is re-established whenever it drops.
 //!
-//! Messages on the channel (all under 8,000 bytes): `e:<id>` events were
-//! committed through `<id>`; `d` the directory changed (sent by a trigger,
+//! Messages on the channel (all under 8,000 bytes): `e:<id>:<schema>`
+//! events were committed through `<id>` in the tables of `<schema>` (the
+//! channel is the database's: a node ignores other schemas' commits); `d` the directory changed (sent by a trigger,
 //! so `herald map create` sends it too); `c:<id>` a stream is to be closed;
 //! `n` a node joined (the others start notifying at once, not at their
 //! next heartbeat).
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
@@ -55,6 +56,8 @@ pub struct PgCluster {
     /// wake-up, and one per group commit must not double the fsyncs of the
     /// commits themselves.
     notifier: PgPool,
+    /// The schema of the cluster's tables, learnt when the node registers.
+    schema: OnceLock<String>,
     /// Other live nodes exist (as of the last heartbeat): alone, a node
     /// notifies nobody.
     others: AtomicBool,
@@ -107,6 +110,7 @@ impl PgCluster {
             runtime,
             committed: watch::channel(None).0,
             notifier,
+            schema: OnceLock::new(),
             others: AtomicBool::new(true),
             node_timeout_ms: i64::try_from(node_timeout.as_millis()).unwrap_or(i64::MAX),
         })
@@ -129,7 +133,7 @@ impl PgCluster {
     pub async fn register(&self, id: Ulid, name: &str) -> Result<i64, StoreError> {
         let (id, name) = (id.to_string(), name.to_owned());
         let timeout = self.node_timeout_ms;
-        let (started, others): (i64, i64) = self
+        let (started, others, schema): (i64, i64, String) = self
             .run(|pool| async move {
                 sqlx::query_as(concat!(
                     "INSERT INTO nodes (id, name, started_ms, last_seen_ms) \
@@ -140,7 +144,7 @@ impl PgCluster {
                     ") RETURNING started_ms, (SELECT count(*) FROM nodes \
                      WHERE last_seen_ms > ",
                     db_now!(),
-                    " - $3)"
+                    " - $3), current_schema()"
                 ))
                 .bind(id)
                 .bind(name)
@@ -149,6 +153,7 @@ impl PgCluster {
                 .await
             })
             .await?;
+        let _ = self.schema.set(schema);
         self.others.store(others > 0, Ordering::Relaxed);
         if others > 0 {
             let pool = self.notifier.clone();
@@ -664,6 +669,8 @@ impl PgCluster {
     pub fn start(&self, signals: mpsc::UnboundedSender<Signal>) {
         let mut committed = self.committed.subscribe();
         let pool = self.notifier.clone();
+        let schema = self.schema.get().cloned().unwrap_or_default();
+        let tag = schema.clone();
         self.runtime.spawn(async move {
             while committed.changed().await.is_ok() {
                 let Some(last) = *committed.borrow_and_update() else {
@@ -672,7 +679,7 @@ impl PgCluster {
                 let sent = timed(
                     sqlx::query("SELECT pg_notify($1, $2)")
                         .bind(CHANNEL)
-                        .bind(format!("e:{last}"))
+                        .bind(format!("e:{last}:{tag}"))
                         .execute(&pool),
                 )
                 .await;
@@ -683,14 +690,18 @@ impl PgCluster {
             }
         });
         let options = self.listen_options.clone();
-        self.runtime.spawn(listen_forever(options, signals));
+        self.runtime.spawn(listen_forever(options, signals, schema));
     }
 }
 
 /// Listens on the channel; whenever the connection is (re)established,
 /// sends [`Signal::Resync`] after `LISTEN` took effect, so no commit falls
 /// between what a catch-up read sees and what is notified.
-async fn listen_forever(options: PgConnectOptions, signals: mpsc::UnboundedSender<Signal>) {
+async fn listen_forever(
+    options: PgConnectOptions,
+    signals: mpsc::UnboundedSender<Signal>,
+    schema: String,
+) {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -724,7 +735,7 @@ async fn listen_forever(options: PgConnectOptions, signals: mpsc::UnboundedSende
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
-                    let Some(signal) = Signal::parse(notification.payload()) else {
+                    let Some(signal) = Signal::parse(notification.payload(), &schema) else {
                         continue;
                     };
                     if signals.send(signal).is_err() {
