@@ -307,7 +307,7 @@ impl Handler<Committed> for MapHub {
 }
 
 /// See [`Hubs::feed_scope`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct FeedScope {
     /// [`Hubs::started`] when the scope was taken.
     pub started: u64,
