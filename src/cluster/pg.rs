@@ -5,10 +5,10 @@
 //!
 //! Messages on the channel (all under 8,000 bytes): `e:<id>:<schema>`
 //! events were committed through `<id>` in the tables of `<schema>` (the
-//! channel is the database's: a node ignores other schemas' commits); `d` the directory changed (sent by a trigger,
-//! so `herald map create` sends it too); `c:<id>` a stream is to be closed;
-//! `n` a node joined (the others start notifying at once, not at their
-//! next heartbeat).
+//! channel is the database's: a node ignores other schemas' commits); `d`
+//! the directory changed (sent by a trigger, so `herald map create` sends
+//! it too); `c:<id>` a stream is to be closed; `n` a node joined (the
+//! others start notifying at once, not at their next heartbeat).
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};

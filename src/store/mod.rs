@@ -713,8 +713,11 @@ macro_rules! impl_store {
                     let newest = events.last().map(|e| e.id);
                     return Ok($crate::store::FeedPage { events, newest });
                 };
-                let maps: Vec<String> = maps.iter().map(ulid::Ulid::to_string).collect();
-                let maps = maps.join(",");
+                let maps = maps
+                    .iter()
+                    .map(ulid::Ulid::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
                 let (newest, packed): (Option<String>, Option<String>) = $crate::store::timed(
                     sqlx::query_as(<$store>::FEED_PAGE)
                         .bind(after.to_string())
@@ -861,8 +864,77 @@ macro_rules! impl_store {
 pub(crate) use impl_store;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The feed reads the events of the maps it serves, and learns the
+    /// newest id of all maps from the same snapshot (run on each store).
+    pub(crate) async fn the_feed_reads_its_maps_and_the_newest_id_of_all(store: &dyn Store) {
+        let (served, other) = (Ulid::generate(), Ulid::generate());
+        let publication = |map_id, event_type: &str| Publication {
+            map_id,
+            events: vec![NewEvent {
+                event_type: event_type.into(),
+                source: String::new(),
+                payload: "1".into(),
+            }],
+            idempotency: None,
+        };
+        let now_ms = Ulid::generate().timestamp_ms();
+        let commit = store
+            .commit(
+                Ulid::nil(),
+                now_ms,
+                0,
+                &[
+                    publication(served, "a"),
+                    publication(served, "b"),
+                    publication(other, "c"),
+                    publication(served, "d"),
+                    publication(other, "e"),
+                ],
+            )
+            .await
+            .expect("commit");
+        let ids: Vec<Ulid> = commit.events.iter().map(|e| e.id).collect();
+        let read = |page: &FeedPage| page.events.iter().map(|e| e.id).collect::<Vec<_>>();
+
+        let page = store
+            .feed_page(Some(&[served]), Ulid::nil(), 10)
+            .await
+            .expect("read");
+        assert_eq!(
+            read(&page),
+            [ids[0], ids[1], ids[3]],
+            "only the served map's"
+        );
+        assert_eq!(page.newest, Some(ids[4]), "the newest of all maps");
+        let full = store
+            .feed_page(Some(&[served]), Ulid::nil(), 2)
+            .await
+            .expect("read");
+        assert_eq!(read(&full), ids[..2]);
+        let none = store.feed_page(Some(&[]), ids[1], 10).await.expect("read");
+        assert!(none.events.is_empty());
+        assert_eq!(none.newest, Some(ids[4]));
+        let every = store.feed_page(None, ids[2], 10).await.expect("read");
+        assert_eq!(read(&every), ids[3..]);
+        assert_eq!(every.newest, Some(ids[4]));
+        let past = store
+            .feed_page(Some(&[served]), ids[4], 10)
+            .await
+            .expect("read");
+        assert!(past.events.is_empty() && past.newest.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_feed_reads_its_maps_and_the_newest_id_of_all_on_sqlite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("feed.db").display());
+        let store = sqlite::SqliteStore::connect(&url).await.expect("open");
+        store.migrate().await.expect("migrations");
+        the_feed_reads_its_maps_and_the_newest_id_of_all(&store).await;
+    }
 
     #[test]
     fn databases_are_described_without_credentials() {

@@ -261,9 +261,6 @@ mod tests {
         }
     }
 
-    /// A node that did not hear of another's commit proposes ids before the
-    /// clock: they are moved after it, in order, and the answer, the stored
-    /// events and a retry's replay all carry the ids as committed.
     /// A migrated store in a schema of its own, and the future that drops it.
     async fn fresh_store() -> (PgStore, impl std::future::Future<Output = ()>) {
         let base = std::env::var("HERALD_TEST_DATABASE_URL")
@@ -287,6 +284,9 @@ mod tests {
         (store, cleanup)
     }
 
+    /// A node that did not hear of another's commit proposes ids before the
+    /// clock: they are moved after it, in order, and the answer, the stored
+    /// events and a retry's replay all carry the ids as committed.
     #[tokio::test]
     async fn a_commit_behind_the_clock_is_moved_after_it() {
         let (store, cleanup) = fresh_store().await;
@@ -350,53 +350,10 @@ mod tests {
         cleanup.await;
     }
 
-    /// The feed reads the events of the maps it serves, and learns the
-    /// newest id of all maps from the same snapshot.
     #[tokio::test]
     async fn the_feed_reads_its_maps_and_the_newest_id_of_all() {
         let (store, cleanup) = fresh_store().await;
-        let (served, other) = (Ulid::generate(), Ulid::generate());
-        let now_ms = Ulid::generate().timestamp_ms();
-        let commit = store
-            .commit(
-                Ulid::nil(),
-                now_ms,
-                0,
-                &[
-                    publication(served, &["a", "b"], None),
-                    publication(other, &["c"], None),
-                    publication(served, &["d"], None),
-                    publication(other, &["e"], None),
-                ],
-            )
-            .await
-            .expect("commit");
-        let ids: Vec<Ulid> = commit.events.iter().map(|e| e.id).collect();
-
-        let page = store
-            .feed_page(Some(&[served]), Ulid::nil(), 10)
-            .await
-            .expect("read");
-        let read: Vec<Ulid> = page.events.iter().map(|e| e.id).collect();
-        assert_eq!(read, [ids[0], ids[1], ids[3]], "only the served map's");
-        assert_eq!(page.newest, Some(ids[4]), "the newest of all maps");
-
-        let full = store
-            .feed_page(Some(&[served]), Ulid::nil(), 2)
-            .await
-            .expect("read");
-        assert_eq!(full.events.len(), 2);
-        let none = store.feed_page(Some(&[]), ids[1], 10).await.expect("read");
-        assert!(none.events.is_empty());
-        assert_eq!(none.newest, Some(ids[4]));
-        let every = store.feed_page(None, ids[2], 10).await.expect("read");
-        assert_eq!(every.events.len(), 2);
-        assert_eq!(every.newest, Some(ids[4]));
-        let past = store
-            .feed_page(Some(&[served]), ids[4], 10)
-            .await
-            .expect("read");
-        assert!(past.events.is_empty() && past.newest.is_none());
+        crate::store::tests::the_feed_reads_its_maps_and_the_newest_id_of_all(&store).await;
         cleanup.await;
     }
 }
