@@ -284,6 +284,63 @@ mod tests {
         (store, cleanup)
     }
 
+    /// A keyed commit that waited for the clock while another node bound the
+    /// same key answers from that binding, creates nothing and does not fail:
+    /// its lookups see what was committed before the lock was granted.
+    #[tokio::test]
+    async fn a_keyed_commit_that_waited_for_a_binding_of_its_key_replays_it() {
+        let (store, cleanup) = fresh_store().await;
+        let map = Ulid::generate();
+        let now_ms = Ulid::generate().timestamp_ms();
+        store
+            .commit(
+                Ulid::nil(),
+                now_ms,
+                60_000,
+                &[publication(map, &["a"], None)],
+            )
+            .await
+            .expect("first commit");
+
+        // The other node's commit: it holds the clock while this one starts.
+        let theirs = Ulid::from_parts(now_ms + 1_000, 1).to_string();
+        let mut other = store.writer.begin().await.expect("begin");
+        for sql in [
+            "UPDATE id_clock SET previous_id = last_id, last_id = $1",
+            "INSERT INTO events (map_id, id, type, source, payload) VALUES ($2, $1, 'b', '', '1')",
+            "INSERT INTO idempotency_keys (map_id, key, body_hash, ids, created_ms) \
+             VALUES ($2, 'k', 'h', $1, $3)",
+        ] {
+            sqlx::query(sql)
+                .bind(&theirs)
+                .bind(map.to_string())
+                .bind(i64::try_from(now_ms).expect("ms"))
+                .execute(&mut *other)
+                .await
+                .expect("the other node's commit");
+        }
+        let mine = [publication(map, &["c"], Some("k"))];
+        let (retry, ()) = tokio::join!(store.commit(Ulid::nil(), now_ms, 60_000, &mine), async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            other.commit().await.expect("the other node commits");
+        });
+        let retry = retry.expect("commit after the other node's");
+        assert!(retry.events.is_empty(), "created {:?}", retry.events);
+        match &retry.outcomes[0] {
+            Outcome::Replayed(ids) => assert_eq!(ids[..], [theirs.parse::<Ulid>().expect("id")]),
+            other => panic!("not replayed: {other:?}"),
+        }
+        let types: Vec<String> = store
+            .events_after(Some(map), Ulid::nil(), 10)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.event_type.clone())
+            .collect();
+        assert_eq!(types, ["a", "b"], "nothing of the retry was stored");
+        cleanup.await;
+    }
+
     /// A node that did not hear of another's commit proposes ids before the
     /// clock: they are moved after it, in order, and the answer, the stored
     /// events and a retry's replay all carry the ids as committed.
