@@ -18,6 +18,8 @@ backend_tests!(
     a_client_that_stops_reading_frees_its_slot_without_events,
     dropped_connections_leave_no_slot_behind,
     a_hundred_stalled_clients_keep_memory_bounded,
+    a_slow_reader_gets_a_large_backfill_and_what_follows_uncut,
+    stalled_resumes_of_a_large_history_keep_memory_bounded,
 );
 
 /// Opens a stream over a raw socket with a tiny receive buffer, reads the
@@ -28,12 +30,25 @@ async fn stalled_subscriber(
     map: &str,
     key: &str,
 ) -> (tokio::net::TcpStream, String) {
+    stalled_resume(relay, map, key, None).await
+}
+
+/// [`stalled_subscriber`], resuming after `last_event_id` when given.
+async fn stalled_resume(
+    relay: &Relay,
+    map: &str,
+    key: &str,
+    last_event_id: Option<&str>,
+) -> (tokio::net::TcpStream, String) {
     let addr: std::net::SocketAddr = relay.base.trim_start_matches("http://").parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
+    let resume = last_event_id
+        .map(|id| format!("Last-Event-ID: {id}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "GET /api/maps/{map}/events/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\r\n"
+        "GET /api/maps/{map}/events/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n{resume}\r\n"
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut seen = Vec::new();
@@ -362,6 +377,128 @@ async fn a_hundred_stalled_clients_keep_memory_bounded(backend: Backend) {
     // bounded amount of it may stay in the server.
     assert!(
         after < before + 64 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    drop(stalled);
+}
+
+/// Publishes `batches` of 10 events of 60 KB (6 MB per 10 batches), then
+/// restarts the relay so that a resume from zero reads them from the store.
+async fn large_history(relay: &mut Relay, map: &str, batches: usize) -> Vec<String> {
+    let payload = "z".repeat(60_000);
+    let mut published = Vec::new();
+    for _ in 0..batches {
+        let batch: Vec<_> = (0..10)
+            .map(|i| json!({"type": "old", "payload": {"i": i, "pad": payload}}))
+            .collect();
+        published.extend(relay.publish(map, json!(batch)).await);
+    }
+    relay.restart();
+    published
+}
+
+/// The ids of the events (not `connected`) in raw stream bytes.
+fn event_ids(raw: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(raw);
+    let mut found = Vec::new();
+    let mut rest = text.as_ref();
+    while let Some(at) = rest.find("\nid: ") {
+        let line = &rest[at + 5..];
+        let id = line.get(..26).unwrap_or_default();
+        if !line[26.min(line.len())..].starts_with("\nevent: connected") {
+            found.push(id.to_owned());
+        }
+        rest = &line[26.min(line.len())..];
+    }
+    found
+}
+
+/// A client reading slowly through a backfill of 6 MB, far beyond the
+/// socket buffers and the outbox, while more events than the outbox holds
+/// are published: it is not cut, and gets the backfill and everything
+/// after it once, in order (the outbox's bound applies only once the
+/// backfill is written).
+async fn a_slow_reader_gets_a_large_backfill_and_what_follows_uncut(backend: Backend) {
+    let mut relay = Relay::start_with(
+        backend,
+        &[
+            ("HERALD__SSE__CLIENT_BUFFER", "16"),
+            ("HERALD__SSE__KEEPALIVE_SECS", "60"),
+        ],
+    )
+    .await;
+    let map = relay.create_map().await;
+    let mut expected = large_history(&mut relay, &map.slug, 10).await;
+    let zero = "00000000000000000000000000";
+    let (mut slow, _) = stalled_resume(&relay, &map.slug, &map.key, Some(zero)).await;
+
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    for round in 0..40 {
+        if round % 10 == 5 {
+            let batch: Vec<_> = (0..40)
+                .map(|i| json!({"type": "new", "payload": i}))
+                .collect();
+            expected.extend(relay.publish(&map.slug, json!(batch)).await);
+        }
+        let n = tokio::time::timeout(common::WAIT, slow.read(&mut buf))
+            .await
+            .expect("the slow reader is served")
+            .expect("read");
+        assert!(n > 0, "the stream ended after {} bytes", raw.len());
+        raw.extend_from_slice(&buf[..n]);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while event_ids(&raw).len() < expected.len() {
+        let n = tokio::time::timeout(common::WAIT, slow.read(&mut buf))
+            .await
+            .expect("the rest arrives")
+            .expect("read");
+        assert!(n > 0, "the stream ended after {} bytes", raw.len());
+        raw.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(event_ids(&raw), expected);
+    let stats = relay.admin_json("/api/admin/stats").await;
+    assert_eq!(stats["slow_consumer_disconnects"], 0, "{stats}");
+}
+
+/// 20 clients resume from zero over a 6 MB history of 60 KB events and do
+/// not read: each holds at most a chunk and a page read ahead, not the
+/// history.
+async fn stalled_resumes_of_a_large_history_keep_memory_bounded(backend: Backend) {
+    let mut relay = Relay::start_with(
+        backend,
+        &[
+            ("HERALD__SSE__KEEPALIVE_SECS", "60"),
+            ("HERALD__LIMITS__MAX_CONNECTIONS_PER_KEY", "200"),
+        ],
+    )
+    .await;
+    let map = relay.create_map().await;
+    large_history(&mut relay, &map.slug, 10).await;
+    let zero = "00000000000000000000000000";
+    // The first resume starts the map's hub, whose head read is not a
+    // client's cost.
+    let mut stalled = vec![
+        stalled_resume(&relay, &map.slug, &map.key, Some(zero))
+            .await
+            .0,
+    ];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(relay.pid());
+    for _ in 0..20 {
+        stalled.push(
+            stalled_resume(&relay, &map.slug, &map.key, Some(zero))
+                .await
+                .0,
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(relay.pid());
+    eprintln!("server RSS with 20 stalled resumes: before {before} KiB, after {after} KiB");
+    // The whole history for each would be 120 MB.
+    assert!(
+        after < before + 20 * 5 * 512,
         "RSS grew from {before} KiB to {after} KiB"
     );
     drop(stalled);

@@ -48,10 +48,14 @@ use crate::store::{Scope, SharedStore};
 /// client that stops reading holds one chunk and one page read ahead:
 /// about 1 MiB.
 const CHUNK_BYTES: usize = 512 << 10;
-/// Events of the first backfill query (later ones adapt to the event size).
-const FIRST_PAGE: u32 = 1000;
-/// Bounds of a backfill query, in events.
-const PAGE_RANGE: (u32, u32) = (16, 10_000);
+/// Events of the first backfill query; later ones adapt to the event size.
+/// As few as the smallest page: an event may be `publish.max_event_bytes`
+/// large, and a page stays in memory until the client has taken it, so a
+/// first page of 1,000 such events pinned 64 MiB for one slow client.
+const FIRST_PAGE: u32 = PAGE_RANGE.0;
+/// Bounds of a backfill query, in events: 8 of the largest events allowed
+/// (64 KiB) make about one chunk.
+const PAGE_RANGE: (u32, u32) = (8, 10_000);
 /// Live events taken from the outbox per write.
 const LIVE_BATCH: usize = 64;
 /// The comment sent in silences.
@@ -491,14 +495,16 @@ impl BodyState {
     }
 
     /// After a backfill: if the outbox overflowed meanwhile, register a new
-    /// one and read the rest from the store; else go live.
+    /// one and read the rest from the store; else go live. The stream counts
+    /// as live (its outbox's bound applies) only from its first poll in
+    /// [`Phase::Live`], once the last backfill chunk has been written: that
+    /// chunk goes at the client's pace too.
     async fn leave_backfill(&mut self) -> Result<(), CloseReason> {
-        let progress = &self.link.progress;
         if !self.outbox.is_closed() {
             self.phase = Phase::Live;
-            progress.live.set(true);
             return Ok(());
         }
+        let progress = &self.link.progress;
         let generation = progress.generation.get() + 1;
         progress.generation.set(generation);
         let (outbox_tx, outbox) = crate::outbox::channel(self.client_buffer);
@@ -614,6 +620,18 @@ impl BodyState {
                     }
                 }
                 Phase::Live => {
+                    if !self.link.progress.live.get() {
+                        // The backfill is written. An overflow while it was
+                        // is the backfill's: read on from the store.
+                        if self.outbox.is_closed() {
+                            if let Err(reason) = Box::pin(self.leave_backfill()).await {
+                                self.link.reason = reason;
+                                return None;
+                            }
+                            continue;
+                        }
+                        self.link.progress.live.set(true);
+                    }
                     let mut batch = std::mem::take(&mut self.batch);
                     let received = tokio::select! {
                         biased;
