@@ -210,8 +210,23 @@ async fn malformed_and_oversized_heads_answer_json() {
     let json: serde_json::Value = serde_json::from_slice(&raw.read_to_close().await).expect("json");
     assert_eq!(json["code"], "BAD_REQUEST");
 
+    // What actix-http refuses on other connections is refused here too.
+    for head in [
+        "GET /api/maps/x/events/stream HTTP/1.1\r\n\r\n",
+        "GET /api/maps/x/events/stream HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET /api/maps/x/events/stream HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+    ] {
+        let mut raw = Raw::connect(&relay).await;
+        raw.send(head.as_bytes()).await;
+        assert_eq!(raw.head().await.status, 400, "{head:?}");
+        let json: serde_json::Value =
+            serde_json::from_slice(&raw.read_to_close().await).expect("json");
+        assert_eq!(json["code"], "BAD_REQUEST", "{head:?}");
+    }
+
+    // The same head limit as actix-http's (128 KiB).
     let mut raw = Raw::connect(&relay).await;
-    let huge = "a".repeat(20 << 10);
+    let huge = "a".repeat(140 << 10);
     raw.send(
         format!("GET /api/maps/x/events/stream HTTP/1.1\r\nHost: t\r\nX-Big: {huge}\r\n\r\n")
             .as_bytes(),
@@ -230,6 +245,24 @@ async fn malformed_and_oversized_heads_answer_json() {
         .await
         .expect("health");
     assert_eq!(health.status(), 200);
+}
+
+/// A stream request whose head stops after its request line is answered
+/// 408 once `server.request_timeout_secs` has passed, like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_head_that_stalls_is_answered_408() {
+    let relay = Relay::start_with(
+        Backend::Sqlite,
+        &[("HERALD__SERVER__REQUEST_TIMEOUT_SECS", "1")],
+    )
+    .await;
+    let mut raw = Raw::connect(&relay).await;
+    raw.send(b"GET /api/maps/x/events/stream HTTP/1.1\r\nHost: t\r\n")
+        .await;
+    let head = raw.head().await;
+    assert_eq!(head.status, 408);
+    let json: serde_json::Value = serde_json::from_slice(&raw.read_to_close().await).expect("json");
+    assert_eq!(json["code"], "REQUEST_TIMEOUT");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

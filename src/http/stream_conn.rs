@@ -40,10 +40,11 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::layer_errors::MAX_URI_BYTES;
 use crate::error::ApiError;
 
-/// Longest request head accepted here.
-const MAX_HEAD_BYTES: usize = 16 << 10;
-/// Most request headers accepted here.
-const MAX_HEADERS: usize = 64;
+/// Longest request head accepted here: actix-http's limit, so a request is
+/// answered alike whether or not it opens its connection.
+const MAX_HEAD_BYTES: usize = 128 << 10;
+/// Most request headers accepted here (actix-http's limit too).
+const MAX_HEADERS: usize = 96;
 /// Bytes looked at to recognise a stream request line.
 const PEEK_BYTES: usize = 128;
 /// After the response, how long the client may take to close its side
@@ -123,8 +124,13 @@ async fn serve_stream(mut io: TcpStream, front: Rc<Front>) -> Result<(), ()> {
     ))
     .await;
     let (response, version) = match head {
-        // No head in time, or the client went away: nothing to answer.
-        Err(_) | Ok(Err(HeadError::Closed)) => return Ok(()),
+        // The client went away: nothing to answer.
+        Ok(Err(HeadError::Closed)) => return Ok(()),
+        // Its request line came, the rest of the head did not.
+        Err(_) => (
+            ApiError::RequestTimeout.error_response().into(),
+            Version::HTTP_11,
+        ),
         Ok(Err(HeadError::Refused(err))) => (err.error_response().into(), Version::HTTP_11),
         Ok(Ok(request)) => {
             let fd = crate::socket::configure(&io, front.user_timeout);
@@ -237,6 +243,20 @@ fn build_request(
     }
     if count("content-length") > 0 && count("transfer-encoding") > 0 {
         return Err(bad("Content-Length with Transfer-Encoding"));
+    }
+    let length = parsed
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"));
+    if length.is_some_and(|h| {
+        h.value.is_empty() || h.value.len() > 19 || !h.value.iter().all(u8::is_ascii_digit)
+    }) {
+        return Err(bad("Content-Length"));
+    }
+    // One Host in HTTP/1.1 (RFC 9112, section 3.2); at most one before.
+    let hosts = count("host");
+    if hosts > 1 || (hosts == 0 && parsed.version != Some(0)) {
+        return Err(bad("Host"));
     }
     let mut request = Request::new();
     let head = request.head_mut();
