@@ -224,6 +224,16 @@ async fn create_map_validates_slugs(backend: Backend) {
     )
     .await;
     expect_error(response, 409, "MAP_EXISTS", "duplicate slug").await;
+    // serde would read an array as the fields in order: only an object is a body.
+    let response = send(
+        &relay,
+        Method::POST,
+        "/api/admin/maps",
+        Some(ADMIN),
+        Some(json!(["array-map", "Array"])),
+    )
+    .await;
+    expect_error(response, 400, "INVALID_JSON", "an array body").await;
     let listed = relay.admin_json("/api/admin/maps").await;
     assert_eq!(listed["total"], 4, "only the valid maps exist: {listed}");
 }

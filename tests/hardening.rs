@@ -729,6 +729,18 @@ fn malformed(method: &str, path: &str) -> Vec<Case> {
     let many: String = (0..200).map(|i| format!("X-Filler-{i}: {i}\r\n")).collect();
     vec![
         Case {
+            name: "no Host",
+            bytes: format!("{method} {path} HTTP/1.1\r\nContent-Length: 0\r\n\r\n").into_bytes(),
+            status: 400,
+            code: "BAD_REQUEST",
+        },
+        Case {
+            name: "two Hosts",
+            bytes: head("Host: u\r\n", ""),
+            status: 400,
+            code: "BAD_REQUEST",
+        },
+        Case {
             name: "control byte in a header value",
             bytes: control,
             status: 400,
@@ -948,4 +960,51 @@ backend_tests!(
     stalled_head_is_closed,
     map_names_are_checked,
     http_layer_errors_are_json_and_not_logged,
+    a_publish_body_that_breaks_its_framing_is_a_bad_request,
 );
+
+/// A publish whose body ends before its declared length, or whose chunked
+/// framing is broken, is answered 400 `BAD_REQUEST` (the request's framing,
+/// not its JSON), with a message that shows nothing of herald's insides.
+async fn a_publish_body_that_breaks_its_framing_is_a_bad_request(backend: Backend) {
+    let relay = Relay::start(backend).await;
+    let map = relay.create_map().await;
+    let head = |framing: &str| {
+        format!(
+            "POST /api/maps/{}/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\n{framing}\r\n",
+            map.slug,
+            common::PUBLISHER
+        )
+    };
+    let cut_short = format!(
+        "{}{{\"type\": \"a\", \"payload\": 1}}",
+        head("Content-Length: 100\r\n")
+    );
+    let bad_chunk = format!(
+        "{}zz\r\n{{}}\r\n0\r\n\r\n",
+        head("Transfer-Encoding: chunked\r\n")
+    );
+    for (name, bytes, close_write) in [
+        ("cut short", cut_short, true),
+        ("bad chunk", bad_chunk, false),
+    ] {
+        let mut raw = Raw::connect(&relay).await;
+        raw.send(bytes.as_bytes()).await.expect("send");
+        if close_write {
+            raw.tcp.shutdown().await.expect("shutdown");
+        }
+        let answer = raw.answer(WAIT).await.expect(name);
+        check_json_error(&answer, 400, "BAD_REQUEST").unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            !answer.body_text().contains("None"),
+            "{name}: {}",
+            answer.body_text()
+        );
+    }
+    assert_eq!(
+        relay.admin_json("/api/admin/stats").await["published"],
+        0,
+        "nothing was published"
+    );
+}

@@ -108,7 +108,7 @@ struct CreateMap {
     post, path = "/api/admin/maps", tag = "admin",
     request_body = NewMap,
     responses((status = 201, description = "the map and its first key, shown once", body = MapCreated),
-        (status = 400, description = "INVALID_JSON, INVALID_SLUG or INVALID_NAME", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 408, description = "REQUEST_TIMEOUT", body = ErrorBody),
+        (status = 400, description = "INVALID_JSON, INVALID_SLUG, INVALID_NAME or BAD_REQUEST", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 408, description = "REQUEST_TIMEOUT", body = ErrorBody),
         (status = 409, description = "MAP_EXISTS", body = ErrorBody), (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
     security(("admin" = []))
 )]
@@ -119,7 +119,14 @@ pub async fn create_map(
 ) -> Result<HttpResponse, ApiError> {
     admin(&state, &req).await?;
     let body = read_body(&req, payload, MAX_ADMIN_BODY).await?;
-    let request: CreateMap = parse_json(&body)?;
+    // An object: serde alone would also take an array of the fields, in order.
+    let Value::Object(fields) = parse_json::<Value>(&body)? else {
+        return Err(ApiError::InvalidJson(
+            "request body must be a JSON object".into(),
+        ));
+    };
+    let request: CreateMap = serde_json::from_value(Value::Object(fields))
+        .map_err(|e| ApiError::InvalidJson(format!("request body: {e}")))?;
     let Some(Value::String(slug)) = request.slug else {
         return Err(ApiError::InvalidSlug(
             "slug is required and must be a string".into(),
@@ -250,7 +257,7 @@ pub async fn revoke_key(
     params(("map" = String, Path, description = "the map's id or slug")),
     request_body = LimitsChange,
     responses((status = 200, description = "the map's limits now in force", body = MapLimits),
-        (status = 400, description = "INVALID_JSON or INVALID_LIMITS", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody),
+        (status = 400, description = "INVALID_JSON, INVALID_LIMITS or BAD_REQUEST", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody),
         (status = 408, description = "REQUEST_TIMEOUT", body = ErrorBody), (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
     security(("admin" = []))
 )]

@@ -31,7 +31,7 @@ const MAX_PAGE_BYTES: usize = (1 << 20) - 64;
     params(("map" = String, Path, description = "the map's id or slug"), ("Idempotency-Key" = Option<String>, Header, description = "1-128 characters of [A-Za-z0-9_.:-]: a retry with the same key and body answers the first ids")),
     request_body(content = PublishBody, description = "one event or an array of up to `publish.max_batch`"),
     responses((status = 201, description = "committed", body = Published),
-        (status = 400, description = "INVALID_JSON, INVALID_EVENT or INVALID_IDEMPOTENCY_KEY", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody),
+        (status = 400, description = "INVALID_JSON, INVALID_EVENT, INVALID_IDEMPOTENCY_KEY or BAD_REQUEST (a body whose framing breaks)", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody),
         (status = 408, description = "REQUEST_TIMEOUT", body = ErrorBody), (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorBody), (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
     security(("publisher" = []))
 )]

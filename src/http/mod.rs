@@ -26,6 +26,7 @@ use std::sync::Arc;
 use actix_cors::Cors;
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
 use actix_web::http::{header, Method};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -390,8 +391,15 @@ async fn read_body_untimed(
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(BODY_RESERVE));
     while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::InvalidJson(format!("cannot read request body: {e}")))?;
+        let chunk = chunk.map_err(|err| match err {
+            PayloadError::Overflow => too_large(),
+            // A body cut short or chunked wrongly is the request's framing,
+            // not its JSON.
+            err => {
+                log::debug!("request body unreadable: {err}");
+                ApiError::BadRequest("the request body is incomplete or malformed".into())
+            }
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }

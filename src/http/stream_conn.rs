@@ -258,6 +258,9 @@ fn build_request(
     if hosts > 1 || (hosts == 0 && parsed.version != Some(0)) {
         return Err(bad("Host"));
     }
+    if parsed.path.unwrap_or_default().len() > MAX_URI_BYTES {
+        return Err(ApiError::UriTooLong);
+    }
     let mut request = Request::new();
     let head = request.head_mut();
     head.method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
