@@ -168,6 +168,18 @@ async fn last_event_id_forms(backend: Backend) {
     assert_eq!(e.connected().await.id, "00000000000000000000000000");
     let first = relay.publish_n(&empty.slug, 1).await;
     assert_eq!(drain_quiet(&mut e).await, first);
+    // An id of another map, later than this map's newest event but not
+    // than every committed one, is a position in the one order: kept.
+    let other = relay.create_map().await;
+    let theirs = relay.publish_n(&other.slug, 1).await;
+    relay.publish_n(&empty.slug, 1).await;
+    let mut g = relay
+        .subscribe(&map.slug, &map.key, "", Some(&theirs[0]))
+        .await;
+    assert_eq!(g.connected().await.id, theirs[0]);
+    assert!(drain_quiet(&mut g).await.is_empty());
+    let next = relay.publish_n(&map.slug, 1).await;
+    assert_eq!(drain_quiet(&mut g).await, next);
 }
 
 async fn events_survive_a_restart(backend: Backend) {

@@ -275,12 +275,23 @@ pub async fn open(
         .map_err(|_| ApiError::StoreUnavailable)?;
 
     let after = match req.after {
-        // Later than anything this node has seen: committed elsewhere, or
-        // later than anything committed. Then the stream starts at the
-        // newest event, and every later one is delivered.
+        // Later than anything this node has seen in this map: committed
+        // elsewhere, an id of another map (a position in the one order all
+        // the same), or later than anything committed at all. Only in the
+        // last case does the stream start at the map's newest event; every
+        // later one is delivered.
         Some(after) if after > subscription.head => {
-            match services.store.newest_event_id(req.scope).await {
-                Ok(newest) => Some(after.min(newest.unwrap_or_default().max(subscription.head))),
+            let store = &services.store;
+            let newest = async {
+                let anywhere = store.newest_event_id(None).await?;
+                if after <= anywhere.unwrap_or_default() {
+                    return Ok(after);
+                }
+                let here = store.newest_event_id(req.scope).await?;
+                Ok::<_, crate::store::StoreError>(here.unwrap_or_default().max(subscription.head))
+            };
+            match newest.await {
+                Ok(start) => Some(start),
                 Err(err) => {
                     services.hubs.unsubscribe(req.scope, conn_id);
                     return Err(err.into());
