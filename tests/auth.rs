@@ -922,6 +922,27 @@ async fn cors_preflight_allows_authorization_and_last_event_id(backend: Backend)
         allow_methods.contains("get"),
         "allow-methods {allow_methods:?}"
     );
+    // A page may publish with an Idempotency-Key.
+    let publish = relay
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            relay.url(&format!("/api/maps/{}/events", map.slug)),
+        )
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization,content-type,idempotency-key",
+        )
+        .send()
+        .await
+        .expect("publish preflight");
+    assert!(
+        publish.status().is_success(),
+        "publish preflight answered {}",
+        publish.status()
+    );
 
     // The actual request carries the CORS header too.
     let response = relay

@@ -111,7 +111,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// CORS for browsers: the configured origins, with `Authorization` and
-/// `Last-Event-ID` allowed as request headers.
+/// `Last-Event-ID` allowed as request headers, and `Idempotency-Key`, so
+/// that a page may retry a publish safely too.
 pub fn cors(allowed_origins: &[String]) -> Cors {
     let cors = Cors::default()
         .allowed_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
@@ -119,6 +120,7 @@ pub fn cors(allowed_origins: &[String]) -> Cors {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             header::HeaderName::from_static("last-event-id"),
+            header::HeaderName::from_static("idempotency-key"),
         ])
         // A page on another origin must see how long to wait after a 429.
         .expose_headers([header::RETRY_AFTER])
