@@ -12,7 +12,6 @@ use prometheus::{
 };
 
 use crate::connections::ConnectionTable;
-use crate::directory::Directory;
 
 /// Every metric, registered once.
 pub struct Metrics {
@@ -109,7 +108,10 @@ impl Default for Metrics {
             .register(Box::new(connections.clone()))
             .expect("unique metric");
         let connections_by_map = IntGaugeVec::new(
-            Opts::new("herald_map_connections", "Open SSE streams per map."),
+            Opts::new(
+                "herald_map_connections",
+                "Open SSE streams per map (by map id).",
+            ),
             &["map"],
         )
         .expect("valid metric");
@@ -156,17 +158,16 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with connection gauges read now.
-    pub fn render(&self, connections: &ConnectionTable, directory: &Directory) -> String {
+    pub fn render(&self, connections: &ConnectionTable) -> String {
         self.connections
             .set(i64::try_from(connections.total()).unwrap_or(i64::MAX));
         self.connections_by_map.reset();
         let (per_map, _) = connections.counts();
+        // Labelled by map id, not slug: `/metrics` needs no credential, and
+        // nobody without one may learn which slugs exist.
         for (map_id, n) in per_map {
-            let label = directory
-                .map(map_id)
-                .map_or_else(|| map_id.to_string(), |m| m.slug.clone());
             self.connections_by_map
-                .with_label_values(&[label.as_str()])
+                .with_label_values(&[map_id.to_string().as_str()])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         let mut out = Vec::new();

@@ -1196,6 +1196,13 @@ async fn health_ready_and_metrics(backend: Backend) {
         Some(published_before + 19.0),
         "metrics after publishing 19: {after}"
     );
+    // Streams per map are labelled by map id: `/metrics` takes no
+    // credential, and must not tell which slugs exist.
+    assert!(
+        after.contains(&format!("herald_map_connections{{map=\"{}\"}} 1", map.id)),
+        "streams per map: {after}"
+    );
+    assert!(!after.contains(&map.slug), "a slug in metrics: {after}");
     let handoffs = metric(&after, "herald_delivery_handoff_seconds_count").unwrap_or(0.0);
     assert!(handoffs >= 1.0, "hand-off recorded: {after}");
 }
