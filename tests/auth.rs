@@ -1124,6 +1124,17 @@ async fn unknown_routes_and_methods_answer_json(backend: Backend) {
             .send()
             .await
             .expect("request");
+        // RFC 9110: a 405 names the methods the resource has.
+        let allow = response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            !allow.is_empty() && !allow.split(", ").any(|m| m == method.as_str()),
+            "{method} {path}: Allow {allow:?}"
+        );
         expect_error(
             response,
             405,

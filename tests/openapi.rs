@@ -33,6 +33,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("/ready", "get"),
     ("/metrics", "get"),
     ("/openapi.json", "get"),
+    ("/admin", "get"),
 ];
 
 async fn document(relay: &Relay) -> Value {
@@ -85,6 +86,20 @@ async fn the_document_describes_every_endpoint_without_auth() {
         unauthorized["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/ErrorBody"
     );
+    // What the HTTP layer answers before any handler is described too.
+    for (path, method, status) in [
+        ("/health", "get", "431"),
+        ("/api/admin/stats", "get", "408"),
+        ("/api/maps/{map}/events", "post", "413"),
+        ("/api/maps/{map}/events/stream", "get", "414"),
+    ] {
+        assert_eq!(
+            doc["paths"][path][method]["responses"][status]["content"]["application/json"]
+                ["schema"]["$ref"],
+            "#/components/schemas/ErrorBody",
+            "{method} {path} {status}"
+        );
+    }
     for scheme in ["admin", "publisher", "map_key"] {
         assert_eq!(
             doc["components"]["securitySchemes"][scheme]["scheme"], "bearer",

@@ -306,6 +306,54 @@ impl Modify for Credentials {
     }
 }
 
+/// Adds the answers the HTTP layer may give to any request, before a
+/// handler runs, to every operation that does not list them: a head or body
+/// too slow (408), a body too large (413, where there is a body), a target
+/// too long (414), a head too large (431).
+struct HttpLayerErrors;
+
+impl Modify for HttpLayerErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let error = |description: &str| {
+            utoipa::openapi::ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                (&mut item.get, false),
+                (&mut item.post, true),
+                (&mut item.put, true),
+                (&mut item.delete, false),
+            ];
+            for (operation, has_body) in operations {
+                let Some(operation) = operation else { continue };
+                let mut answers = vec![
+                    ("408", "REQUEST_TIMEOUT"),
+                    ("414", "URI_TOO_LONG"),
+                    ("431", "HEADERS_TOO_LARGE"),
+                ];
+                if has_body {
+                    answers.push(("413", "PAYLOAD_TOO_LARGE"));
+                }
+                for (status, code) in answers {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(code).into());
+                }
+            }
+        }
+    }
+}
+
 /// The API description served at `GET /openapi.json`.
 #[derive(OpenApi)]
 #[openapi(
@@ -334,9 +382,10 @@ impl Modify for Credentials {
         super::ops::health,
         super::ops::ready,
         super::ops::metrics,
+        super::assets::serve,
         openapi_json,
     ),
-    modifiers(&Credentials)
+    modifiers(&Credentials, &HttpLayerErrors)
 )]
 pub struct ApiDoc;
 

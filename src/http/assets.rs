@@ -60,10 +60,17 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 
-/// Serves the embedded file at the request's path.
+/// Serves the embedded file at the request's path: the admin dashboard at
+/// `/admin`, the API reference at `/docs`, and the files they load.
 ///
 /// # Errors
 /// `NOT_FOUND` for a path that is not an asset.
+#[utoipa::path(
+    get,
+    path = "/admin",
+    tag = "operations",
+    responses((status = 200, description = "the admin dashboard: a page that asks for the admin token and uses the admin API", content_type = "text/html"))
+)]
 pub async fn serve(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
     let path = req.path().trim_end_matches('/');
     let asset = ASSETS

@@ -68,44 +68,59 @@ pub fn app(
 }
 
 /// Registers every route. Unknown paths answer 404 `NOT_FOUND` and known
-/// paths with another method 405 `METHOD_NOT_ALLOWED`, both as JSON.
+/// paths with another method 405 `METHOD_NOT_ALLOWED` (with the `Allow`
+/// header RFC 9110 asks for, naming the methods given here beside the
+/// routes), both as JSON.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
-    cfg.service(resource("/health").route(web::get().to(ops::health)))
-        .service(resource("/ready").route(web::get().to(ops::ready)))
-        .service(resource("/metrics").route(web::get().to(ops::metrics)))
-        .service(resource("/api/maps/{map}/events/stream").route(web::get().to(stream::map_stream)))
+    let resource = |path: &str, allow: &'static str| {
+        web::resource(path).default_service(web::to(move || method_not_allowed(allow)))
+    };
+    cfg.service(resource("/health", "GET").route(web::get().to(ops::health)))
+        .service(resource("/ready", "GET").route(web::get().to(ops::ready)))
+        .service(resource("/metrics", "GET").route(web::get().to(ops::metrics)))
         .service(
-            resource("/api/maps/{map}/events")
+            resource("/api/maps/{map}/events/stream", "GET")
+                .route(web::get().to(stream::map_stream)),
+        )
+        .service(
+            resource("/api/maps/{map}/events", "GET, POST")
                 .route(web::get().to(events::history))
                 .route(web::post().to(events::publish)),
         )
-        .service(resource("/api/maps/{map}/sse-tokens").route(web::post().to(stream::sse_token)))
-        .service(resource("/api/events/stream").route(web::get().to(stream::firehose)))
         .service(
-            resource("/api/admin/maps")
+            resource("/api/maps/{map}/sse-tokens", "POST").route(web::post().to(stream::sse_token)),
+        )
+        .service(resource("/api/events/stream", "GET").route(web::get().to(stream::firehose)))
+        .service(
+            resource("/api/admin/maps", "GET, POST")
                 .route(web::get().to(admin::list_maps))
                 .route(web::post().to(admin::create_map)),
         )
-        .service(resource("/api/admin/maps/{map}").route(web::get().to(admin::get_map)))
-        .service(resource("/api/admin/maps/{map}/keys").route(web::post().to(admin::create_key)))
+        .service(resource("/api/admin/maps/{map}", "GET").route(web::get().to(admin::get_map)))
         .service(
-            resource("/api/admin/maps/{map}/keys/{key_id}")
+            resource("/api/admin/maps/{map}/keys", "POST").route(web::post().to(admin::create_key)),
+        )
+        .service(
+            resource("/api/admin/maps/{map}/keys/{key_id}", "DELETE")
                 .route(web::delete().to(admin::revoke_key)),
         )
-        .service(resource("/api/admin/maps/{map}/limits").route(web::put().to(admin::set_limits)))
-        .service(resource("/api/admin/limits").route(web::get().to(admin::limits)))
-        .service(resource("/api/admin/connections").route(web::get().to(admin::list_connections)))
         .service(
-            resource("/api/admin/connections/{id}")
+            resource("/api/admin/maps/{map}/limits", "PUT").route(web::put().to(admin::set_limits)),
+        )
+        .service(resource("/api/admin/limits", "GET").route(web::get().to(admin::limits)))
+        .service(
+            resource("/api/admin/connections", "GET").route(web::get().to(admin::list_connections)),
+        )
+        .service(
+            resource("/api/admin/connections/{id}", "DELETE")
                 .route(web::delete().to(admin::close_connection)),
         )
-        .service(resource("/api/admin/stats").route(web::get().to(admin::stats)))
-        .service(resource("/api/admin/nodes").route(web::get().to(admin::nodes)))
-        .service(resource("/").route(web::get().to(assets::root)))
-        .service(resource("/openapi.json").route(web::get().to(api::openapi_json)));
+        .service(resource("/api/admin/stats", "GET").route(web::get().to(admin::stats)))
+        .service(resource("/api/admin/nodes", "GET").route(web::get().to(admin::nodes)))
+        .service(resource("/", "GET").route(web::get().to(assets::root)))
+        .service(resource("/openapi.json", "GET").route(web::get().to(api::openapi_json)));
     for path in assets::paths() {
-        cfg.service(resource(path).route(web::get().to(assets::serve)));
+        cfg.service(resource(path, "GET").route(web::get().to(assets::serve)));
     }
     cfg.default_service(web::to(not_found));
 }
@@ -184,8 +199,12 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+async fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    let mut response = actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed);
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    response
 }
 
 /// Who is calling, by the credential presented.
