@@ -687,6 +687,8 @@ async fn history_refuses_bad_queries_and_credentials(backend: Backend) {
     }
     let (page, _) = history(&relay, &map.slug, &map.key, "?limit=1000").await;
     assert_eq!(item_ids(&page).len(), 2, "limit=1000 is allowed");
+    let (page, _) = history(&relay, &map.slug, &map.key, "?limit=&after=").await;
+    assert_eq!(item_ids(&page).len(), 2, "empty parameters count as absent");
 
     let unauthorized: [(Option<&str>, &str); 4] = [
         (None, "no key"),

@@ -350,7 +350,8 @@ pub fn int_param(
     default: usize,
     range: std::ops::RangeInclusive<usize>,
 ) -> Result<usize, ApiError> {
-    let Some(text) = params.get(name) else {
+    // Empty counts as absent, as for every other parameter.
+    let Some(text) = params.get(name).filter(|t| !t.trim().is_empty()) else {
         return Ok(default);
     };
     text.trim()
