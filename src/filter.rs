@@ -46,7 +46,7 @@ impl Pattern {
                 }
                 _ => Err(FilterError(format!(
                     "invalid event pattern `{}`: segments are [A-Za-z0-9_:-]+ or *",
-                    text.escape_default()
+                    shown(text)
                 ))),
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -97,7 +97,7 @@ impl Filter {
                 } else {
                     Err(FilterError(format!(
                         "invalid source `{}`: 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 _ . : -",
-                        s.escape_default()
+                        shown(s)
                     )))
                 }
             })
@@ -117,6 +117,15 @@ impl Filter {
             && (self.patterns.is_empty()
                 || self.patterns.iter().any(|p| p.segments == [Segment::Any]))
     }
+}
+
+/// A refused entry as an error message quotes it: escaped, and cut after 64
+/// characters (the rest of a long one tells the client nothing more).
+fn shown(entry: &str) -> String {
+    let mut chars = entry.chars();
+    let head: String = chars.by_ref().take(64).collect();
+    let more = if chars.next().is_some() { "…" } else { "" };
+    format!("{}{more}", head.escape_default())
 }
 
 /// `events=a.*,b&sources=x` as the admin API shows it.
@@ -197,5 +206,18 @@ mod tests {
         assert!(Filter::parse(Some(&too_many), None).is_err());
         let enough = vec!["a"; MAX_PATTERNS].join(",");
         assert!(Filter::parse(Some(&enough), None).is_ok());
+    }
+
+    #[test]
+    fn a_refused_entry_is_quoted_short() {
+        let long = format!("{} {}", "s".repeat(3000), "t".repeat(3000));
+        let message = Filter::parse(None, Some(&long)).unwrap_err().to_string();
+        assert!(message.len() < 200, "{} bytes: {message}", message.len());
+        assert!(
+            message.contains(&format!("`{}…`", "s".repeat(64))),
+            "{message}"
+        );
+        let message = Filter::parse(Some("a\nb"), None).unwrap_err().to_string();
+        assert!(message.contains("`a\\nb`"), "{message}");
     }
 }
