@@ -40,9 +40,22 @@ async fn stalled_resume(
     key: &str,
     last_event_id: Option<&str>,
 ) -> (tokio::net::TcpStream, String) {
+    raw_subscriber(relay, map, key, last_event_id, 4096).await
+}
+
+/// A raw stream socket with a receive buffer of `recv_buffer` bytes (set
+/// before connecting, so the advertised window stays that small), past its
+/// preamble; and the `connected` id.
+async fn raw_subscriber(
+    relay: &Relay,
+    map: &str,
+    key: &str,
+    last_event_id: Option<&str>,
+    recv_buffer: u32,
+) -> (tokio::net::TcpStream, String) {
     let addr: std::net::SocketAddr = relay.base.trim_start_matches("http://").parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_recv_buffer_size(recv_buffer).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
     let resume = last_event_id
         .map(|id| format!("Last-Event-ID: {id}\r\n"))
@@ -430,7 +443,9 @@ async fn a_slow_reader_gets_a_large_backfill_and_what_follows_uncut(backend: Bac
     let map = relay.create_map().await;
     let mut expected = large_history(&mut relay, &map.slug, 10).await;
     let zero = "00000000000000000000000000";
-    let (mut slow, _) = stalled_resume(&relay, &map.slug, &map.key, Some(zero)).await;
+    // A window of 64 KiB: a 4 KiB one makes loopback TCP stall for seconds
+    // between segments (its zero-window probes back off), whatever the relay.
+    let (mut slow, _) = raw_subscriber(&relay, &map.slug, &map.key, Some(zero), 64 << 10).await;
 
     let mut raw = Vec::new();
     let mut buf = vec![0u8; 16 << 10];
