@@ -40,19 +40,26 @@ async fn stalled_resume(
     key: &str,
     last_event_id: Option<&str>,
 ) -> (tokio::net::TcpStream, String) {
-    raw_subscriber(relay, map, key, last_event_id, 4096).await
+    let (stream, seen) = raw_subscriber(relay, map, key, last_event_id, 4096).await;
+    let text = String::from_utf8_lossy(&seen).to_string();
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("connected id")
+        .to_owned();
+    (stream, id)
 }
 
 /// A raw stream socket with a receive buffer of `recv_buffer` bytes (set
-/// before connecting, so the advertised window stays that small), past its
-/// preamble; and the `connected` id.
+/// before connecting, so the advertised window stays that small), read up
+/// to its `connected` event; and the bytes read so far.
 async fn raw_subscriber(
     relay: &Relay,
     map: &str,
     key: &str,
     last_event_id: Option<&str>,
     recv_buffer: u32,
-) -> (tokio::net::TcpStream, String) {
+) -> (tokio::net::TcpStream, Vec<u8>) {
     let addr: std::net::SocketAddr = relay.base.trim_start_matches("http://").parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(recv_buffer).unwrap();
@@ -74,13 +81,7 @@ async fn raw_subscriber(
         assert!(n > 0, "stream closed early");
         seen.extend_from_slice(&buf[..n]);
     }
-    let text = String::from_utf8_lossy(&seen).to_string();
-    let id = text
-        .lines()
-        .find_map(|l| l.strip_prefix("id: "))
-        .expect("connected id")
-        .to_owned();
-    (stream, id)
+    (stream, seen)
 }
 
 async fn slow_consumer_is_cut_others_unaffected_and_it_catches_up(backend: Backend) {
@@ -410,22 +411,6 @@ async fn large_history(relay: &mut Relay, map: &str, batches: usize) -> Vec<Stri
     published
 }
 
-/// The ids of the events (not `connected`) in raw stream bytes.
-fn event_ids(raw: &[u8]) -> Vec<String> {
-    let text = String::from_utf8_lossy(raw);
-    let mut found = Vec::new();
-    let mut rest = text.as_ref();
-    while let Some(at) = rest.find("\nid: ") {
-        let line = &rest[at + 5..];
-        let id = line.get(..26).unwrap_or_default();
-        if !line[26.min(line.len())..].starts_with("\nevent: connected") {
-            found.push(id.to_owned());
-        }
-        rest = &line[26.min(line.len())..];
-    }
-    found
-}
-
 /// A client that stops reading in the middle of a 9 MB backfill (beyond the
 /// socket buffers) while more events than its outbox holds are published,
 /// then reads on: it is not cut, and gets the backfill and everything after
@@ -446,7 +431,8 @@ async fn a_slow_reader_gets_a_large_backfill_and_what_follows_uncut(backend: Bac
     // A window of 256 KiB: far below the backfill, and not below loopback's
     // MSS (64 KiB), where the receiver withholds window updates and the
     // sender's zero-window probes back off to many seconds.
-    let (mut slow, _) = raw_subscriber(&relay, &map.slug, &map.key, Some(zero), 256 << 10).await;
+    let (mut slow, mut raw) =
+        raw_subscriber(&relay, &map.slug, &map.key, Some(zero), 256 << 10).await;
     // The relay fills the socket buffers and waits for the client.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for round in 0..3 {
@@ -455,24 +441,39 @@ async fn a_slow_reader_gets_a_large_backfill_and_what_follows_uncut(backend: Bac
             .collect();
         expected.extend(relay.publish(&map.slug, json!(batch)).await);
     }
-    let mut raw = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while event_ids(&raw).len() < expected.len() {
+    let last = format!("id: {}\n", expected.last().expect("events"));
+    let mut searched = 0;
+    while !raw[searched..]
+        .windows(last.len())
+        .any(|w| w == last.as_bytes())
+    {
+        // Only the new bytes (and a line's length before them) are searched.
+        searched = raw.len().saturating_sub(last.len());
         let n = tokio::time::timeout_at(deadline, slow.read(&mut buf))
             .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{} of {} events within 60 s",
-                    event_ids(&raw).len(),
-                    expected.len()
-                )
-            })
+            .unwrap_or_else(|_| panic!("not all events within 60 s ({} bytes)", raw.len()))
             .expect("read");
         assert!(n > 0, "the stream ended after {} bytes", raw.len());
         raw.extend_from_slice(&buf[..n]);
     }
-    assert_eq!(event_ids(&raw), expected);
+    // The newest event's frame ends the response read so far.
+    while !raw.ends_with(b"\n\n\r\n") {
+        let n = tokio::time::timeout_at(deadline, slow.read(&mut buf))
+            .await
+            .expect("the rest of the last frame")
+            .expect("read");
+        assert!(n > 0, "the stream ended after {} bytes", raw.len());
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let events = common::events_of_raw_response(&raw).await;
+    let received: Vec<String> = events
+        .iter()
+        .filter(|e| e.event != "connected")
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(received, expected);
     let stats = relay.admin_json("/api/admin/stats").await;
     assert_eq!(stats["slow_consumer_disconnects"], 0, "{stats}");
 }

@@ -789,6 +789,36 @@ pub fn ids(events: &[Event]) -> Vec<String> {
     events.iter().map(|e| e.id.clone()).collect()
 }
 
+/// The events of a whole chunked stream response read off a raw socket
+/// (head and chunk framing removed), through the same SSE parser as
+/// [`SseClient`].
+pub async fn events_of_raw_response(raw: &[u8]) -> Vec<Event> {
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    let mut chunks = &raw[head_end..];
+    let mut body = Vec::with_capacity(chunks.len());
+    while let Some(line_end) = chunks.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&chunks[..line_end])
+            .ok()
+            .and_then(|hex| usize::from_str_radix(hex, 16).ok())
+            .expect("a chunk size line");
+        let data = line_end + 2;
+        if size == 0 || chunks.len() < data + size {
+            break;
+        }
+        body.extend_from_slice(&chunks[data..data + size]);
+        chunks = &chunks[(data + size + 2).min(chunks.len())..];
+    }
+    futures_util::stream::iter([Ok::<_, std::convert::Infallible>(body)])
+        .eventsource()
+        .filter_map(|event| async move { event.ok() })
+        .collect()
+        .await
+}
+
 /// The envelope of an event.
 pub fn envelope(event: &Event) -> Value {
     serde_json::from_str(&event.data).expect("event data is JSON")
