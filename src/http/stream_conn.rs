@@ -244,6 +244,8 @@ fn build_request(
     if count("content-length") > 0 && count("transfer-encoding") > 0 {
         return Err(bad("Content-Length with Transfer-Encoding"));
     }
+    // A length is decimal digits that fit a u64 (19 always do), as
+    // actix-http reads it.
     let length = parsed
         .headers
         .iter()
