@@ -825,7 +825,7 @@ macro_rules! impl_store {
                 let mut removed = 0;
                 for map_id in map_ids {
                     removed += $crate::store::timed(async {
-                        let mut tx = self.pool.begin().await?;
+                        let mut tx = self.pool.begin_with(Self::BEGIN_WRITE).await?;
                         let by_age: Option<String> =
                             sqlx::query_scalar($crate::store::sql::CUT_BY_AGE)
                                 .bind(&map_id)
@@ -934,6 +934,54 @@ pub(crate) mod tests {
         let store = sqlite::SqliteStore::connect(&url).await.expect("open");
         store.migrate().await.expect("migrations");
         the_feed_reads_its_maps_and_the_newest_id_of_all(&store).await;
+    }
+
+    /// A retention pass writes beside the writer: a keyed commit reads its
+    /// keys before it writes, and must still never fail ("database is
+    /// locked" was a 503 to the publisher).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keyed_commits_beside_retention_passes_never_fail_on_sqlite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("busy.db").display());
+        let store = std::sync::Arc::new(sqlite::SqliteStore::connect(&url).await.expect("open"));
+        store.migrate().await.expect("migrations");
+        let map_id = Ulid::generate();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pruner = tokio::spawn({
+            let (store, done) = (std::sync::Arc::clone(&store), std::sync::Arc::clone(&done));
+            async move {
+                let mut passes = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    store.prune(Ulid::nil(), 1).await.expect("retention pass");
+                    store.prune_idempotency(0).await.expect("key expiry");
+                    passes += 1;
+                }
+                passes
+            }
+        });
+        let mut last = Ulid::nil();
+        for i in 0..300 {
+            let publication = Publication {
+                map_id,
+                events: vec![NewEvent {
+                    event_type: "t".into(),
+                    source: String::new(),
+                    payload: "1".into(),
+                }],
+                idempotency: Some(Idempotency {
+                    key: format!("k{i}"),
+                    body_hash: "h".into(),
+                }),
+            };
+            let now_ms = Ulid::generate().timestamp_ms();
+            let commit = store
+                .commit(last, now_ms, 60_000, &[publication])
+                .await
+                .unwrap_or_else(|err| panic!("commit {i} failed: {err}"));
+            last = commit.events.last().map_or(last, |e| e.id);
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(pruner.await.expect("pruner") > 1, "passes ran alongside");
     }
 
     #[test]

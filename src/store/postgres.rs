@@ -34,6 +34,7 @@ pub struct PgStore {
 impl PgStore {
     const PACKED_AFTER: (&'static str, &'static str) = super::sql::POSTGRES_AFTER;
     const FEED_PAGE: &'static str = super::sql::POSTGRES_FEED_PAGE;
+    const BEGIN_WRITE: &'static str = "BEGIN";
 
     /// Prepares a lazy pool: nothing is dialled until the first query, so a
     /// database that comes back later is picked up by itself.

@@ -37,6 +37,11 @@ pub struct SqliteStore {
 impl SqliteStore {
     const PACKED_AFTER: (&'static str, &'static str) = super::sql::SQLITE_AFTER;
     const FEED_PAGE: &'static str = super::sql::SQLITE_FEED_PAGE;
+    /// A transaction that reads, then writes, takes the write lock first:
+    /// begun deferred, its first write fails at once ("database is locked",
+    /// no busy wait) when another connection wrote since its read (a
+    /// retention pass beside a commit).
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
 
     /// The database file (`None` for an in-memory database).
     pub fn file(url: &str) -> Option<std::path::PathBuf> {
@@ -92,7 +97,7 @@ impl SqliteStore {
         idempotency_ttl_ms: i64,
         publications: &[Publication],
     ) -> Result<Result<Commit, StoreError>, sqlx::Error> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with(Self::BEGIN_WRITE).await?;
         let known = *self.last_id.lock().unwrap_or_else(PoisonError::into_inner);
         let stored = match known {
             Some(id) => id,
