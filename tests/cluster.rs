@@ -1678,6 +1678,99 @@ async fn a_killed_node_frees_its_slots_and_its_clients_resume_elsewhere() {
 /// The node's listening connection is terminated (twice) while the other
 /// nodes publish: its subscribers still get everything, in order, within a
 /// few seconds of each commit.
+/// A node stopped with SIGTERM leaves the node list at once and for good:
+/// a heartbeat in flight during its shutdown does not put it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_with_sigterm_leaves_the_node_list_for_good() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let map = cluster[0].create_map().await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        streams.push(
+            open(&cluster[1], &stream_path(&map.slug), &map.key, None)
+                .await
+                .0,
+        );
+    }
+    let stopped = tokio::task::block_in_place(|| cluster[1].terminate());
+    assert!(stopped.success(), "exit status {stopped}");
+    // Longer than two heartbeats of the stopped node, shorter than the
+    // node timeout that would hide a node put back.
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        let nodes = cluster[0].admin_json("/api/admin/nodes").await;
+        assert_eq!(nodes["items"].as_array().map(Vec::len), Some(1), "{nodes}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(streams);
+}
+
+/// A node frozen for longer than the node timeout is taken for dead: its
+/// slots go to others. On its return it ends the streams whose slots were
+/// given away and the ones an admin closed meanwhile, so no limit stays
+/// exceeded and no close request is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_back_from_the_dead_ends_what_it_lost_meanwhile() {
+    let cluster = Cluster::start(2, &[]).await;
+    let limited = cluster[0].create_map().await;
+    set_limits(&cluster[0], &limited.slug, json!({"max_connections": 1})).await;
+    let other = cluster[0].create_map().await;
+    let (mut lost, _) = open(&cluster[1], &stream_path(&limited.slug), &limited.key, None).await;
+    let (mut asked, connected) =
+        open(&cluster[1], &stream_path(&other.slug), &other.key, None).await;
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([name, &cluster[1].pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill {name}");
+    };
+    signal("-STOP");
+    // Still counted live: the request is taken, the node cannot act on it.
+    let (status, _) = admin(
+        &cluster[0],
+        reqwest::Method::DELETE,
+        &format!("/api/admin/connections/{}", connection_id(&connected)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let deadline = Instant::now() + NODE_TIMEOUT + SLACK;
+    let mut kept = loop {
+        let response = cluster[0]
+            .stream_request(&stream_path(&limited.slug), &limited.key, None)
+            .await;
+        if response.status() == 200 {
+            break SseClient::new(response);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the frozen node's slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    kept.connected().await;
+    signal("-CONT");
+    assert!(
+        lost.ends_within(NODE_TIMEOUT + SLACK).await,
+        "a stream whose slot went to another"
+    );
+    assert!(
+        asked.ends_within(NODE_TIMEOUT + SLACK).await,
+        "a stream closed by an admin while its node was away"
+    );
+    for relay in [&cluster[0], &cluster[1]] {
+        poll_admin(
+            relay,
+            &format!("/api/admin/maps/{}", limited.slug),
+            WAIT,
+            "the limit holds again",
+            |map| map["connections"] == 1,
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_listener_is_killed_still_delivers_everything() {
     let cluster = Cluster::start(3, &[]).await;

@@ -73,6 +73,9 @@ pub enum CloseReason {
     KeyRevoked,
     Shutdown,
     StoreUnavailable,
+    /// This node was taken for dead, and the stream's slot went to another
+    /// stream meanwhile (see `Cluster::rejoin`).
+    SlotLost,
 }
 
 impl fmt::Display for CloseReason {
@@ -84,6 +87,7 @@ impl fmt::Display for CloseReason {
             Self::KeyRevoked => "key_revoked",
             Self::Shutdown => "shutdown",
             Self::StoreUnavailable => "store_unavailable",
+            Self::SlotLost => "slot_lost",
         })
     }
 }

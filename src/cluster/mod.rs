@@ -150,6 +150,9 @@ pub struct Cluster {
     shared: Option<PgCluster>,
     heartbeat: Duration,
     released: Arc<ReleaseQueue>,
+    /// Held by a heartbeat while it talks to the database, and by `leave`:
+    /// `true` once the node left, so no heartbeat in flight puts it back.
+    left: tokio::sync::Mutex<bool>,
 }
 
 fn local_now_ms() -> i64 {
@@ -167,6 +170,7 @@ impl Cluster {
             shared: None,
             heartbeat: Duration::from_secs(settings.heartbeat_secs),
             released: Arc::default(),
+            left: tokio::sync::Mutex::new(false),
         }
     }
 
@@ -197,6 +201,7 @@ impl Cluster {
             shared: Some(shared),
             heartbeat: Duration::from_secs(settings.heartbeat_secs),
             released: Arc::default(),
+            left: tokio::sync::Mutex::new(false),
         };
         cluster.observe_db_time(before, started_ms);
         log::info!("node {} ({}) joined the cluster", cluster.name, cluster.id);
@@ -382,6 +387,18 @@ impl Cluster {
         Ok(true)
     }
 
+    /// What an SSE token stored by [`Cluster::issue_token`] on any node
+    /// grants, without using it up.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn peek_token(&self, hash: &SecretHash) -> Result<Option<TokenGrant>, StoreError> {
+        match &self.shared {
+            Some(shared) => shared.peek_token(hash).await,
+            None => Ok(None),
+        }
+    }
+
     /// Consumes an SSE token stored by [`Cluster::issue_token`] on any node.
     ///
     /// # Errors
@@ -396,6 +413,8 @@ impl Cluster {
     /// Leaves the cluster (shutdown): this node's slots are freed at once.
     pub async fn leave(&self) {
         if let Some(shared) = &self.shared {
+            let mut left = self.left.lock().await;
+            *left = true;
             if let Err(err) = shared.leave(self.id).await {
                 log::warn!("cannot leave the cluster cleanly: {err}");
             }
@@ -480,6 +499,10 @@ impl Cluster {
         let mut sent_recorded: HashMap<Ulid, u64> = HashMap::new();
         loop {
             interval.tick().await;
+            let left = self.left.lock().await;
+            if *left {
+                return;
+            }
             let before = local_now_ms();
             let beat = shared
                 .heartbeat(self.id, Counters::of(&state.metrics))
@@ -488,13 +511,7 @@ impl Cluster {
                 Ok(Some(db_ms)) => self.observe_db_time(before, db_ms),
                 Ok(None) => {
                     log::warn!("node {} was taken for dead: joining again", self.name);
-                    let streams = state.connections.all();
-                    if let Err(err) = shared
-                        .reregister(self.id, &self.name, self.started_ms, &streams)
-                        .await
-                    {
-                        log::warn!("cannot join again: {err}");
-                    }
+                    self.rejoin(shared, &state).await;
                     continue;
                 }
                 Err(err) => {
@@ -502,11 +519,12 @@ impl Cluster {
                     continue;
                 }
             }
+            drop(left);
             if let Ok(n @ 1..) = shared.reap().await {
                 log::info!("removed {n} dead node(s) and their streams' slots");
             }
-            if let Err(err) = shared.prune_tokens().await {
-                log::debug!("cannot forget expired SSE tokens: {err}");
+            if let Err(err) = shared.prune_expired().await {
+                log::debug!("cannot forget expired SSE tokens and close requests: {err}");
             }
             // Only counters that moved since the last record (a new stream
             // counts as recorded at 0): no row is rewritten for nothing.
@@ -534,6 +552,34 @@ impl Cluster {
                 _ => {}
             }
             self.close_requested(&state).await;
+        }
+    }
+
+    /// Comes back after being taken for dead: this node's streams are
+    /// admitted again, and those whose slots went to others meanwhile, or
+    /// that an admin asked to close, end (their clients resume elsewhere).
+    async fn rejoin(&self, shared: &PgCluster, state: &AppState) {
+        let limits = &state.settings.limits;
+        let defaults = (
+            limits.max_connections_per_map,
+            limits.max_connections_per_key,
+        );
+        let streams = state.connections.all();
+        match shared
+            .reregister(self.id, &self.name, self.started_ms, defaults, &streams)
+            .await
+        {
+            Ok(ended) => {
+                for (id, why) in ended {
+                    let reason = match why.as_str() {
+                        "closed" => CloseReason::AdminClosed,
+                        "gone" => CloseReason::KeyRevoked,
+                        _ => CloseReason::SlotLost,
+                    };
+                    state.connections.close(id, reason);
+                }
+            }
+            Err(err) => log::warn!("cannot join again: {err}"),
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row as _;
 use tokio::sync::{mpsc, watch};
 use ulid::Ulid;
@@ -35,6 +35,9 @@ const MAX_CONNECTIONS: u32 = 4;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between attempts to re-establish the listening connection.
 const RELISTEN_PAUSE: Duration = Duration::from_millis(250);
+/// How long an admin's close request waits for the node of its stream to
+/// come back (a node away longer has surely been restarted since).
+const CLOSE_REQUEST_LIFETIME_MS: i64 = 24 * 3600 * 1000;
 
 /// The database's clock in milliseconds, in SQL.
 macro_rules! db_now {
@@ -70,6 +73,18 @@ fn ulids(ids: &[Ulid]) -> Vec<String> {
 
 fn opt_ulid(text: Option<String>) -> Result<Option<Ulid>, StoreError> {
     text.as_deref().map(ulid_column).transpose()
+}
+
+/// The grant of an `sse_tokens` row with its `valid` flag, if it is valid.
+fn grant_of(row: Option<PgRow>) -> Result<Option<TokenGrant>, StoreError> {
+    let Some(row) = row else { return Ok(None) };
+    if !row.try_get::<bool, _>("valid")? {
+        return Ok(None);
+    }
+    Ok(Some(TokenGrant {
+        map_id: ulid_column(row.try_get("map_id")?)?,
+        key_id: opt_ulid(row.try_get("key_id")?)?,
+    }))
 }
 
 impl PgCluster {
@@ -180,7 +195,9 @@ impl PgCluster {
     }
 
     /// Says this node is alive, with its counters. Returns the database's
-    /// time, or `None` when the node's row is gone (it was taken for dead).
+    /// time, or `None` when the node was taken for dead: its row is gone,
+    /// or silent for longer than the node timeout (others already admit
+    /// streams as if its slots were free, before any reaping).
     ///
     /// # Errors
     /// The database is unreachable.
@@ -193,7 +210,9 @@ impl PgCluster {
                     "UPDATE nodes SET last_seen_ms = ",
                     db_now!(),
                     ", published = $2, delivered = $3, published_rate = $4, \
-                     delivered_rate = $5 WHERE id = $1 RETURNING last_seen_ms, \
+                     delivered_rate = $5 WHERE id = $1 AND last_seen_ms > ",
+                    db_now!(),
+                    " - $6 RETURNING last_seen_ms, \
                      (SELECT count(*) FROM nodes o WHERE o.id <> $1 AND o.last_seen_ms > ",
                     db_now!(),
                     " - $6)"
@@ -214,7 +233,12 @@ impl PgCluster {
         }))
     }
 
-    /// Puts a node taken for dead back, with its open streams.
+    /// Puts a node taken for dead back, with its open streams: its old row
+    /// and slots go, and each stream is admitted again under the limits,
+    /// oldest first (its slot may have gone to a stream on another node
+    /// meanwhile). Returns the streams to end: refused (with the refusal:
+    /// `map`, `key` or `gone`), or asked to close while the node was away
+    /// (`closed`).
     ///
     /// # Errors
     /// The database is unreachable.
@@ -223,9 +247,13 @@ impl PgCluster {
         id: Ulid,
         name: &str,
         started_ms: i64,
+        defaults: (u64, u64),
         streams: &[Arc<ConnectionInfo>],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<(Ulid, String)>, StoreError> {
         let (node, name) = (id.to_string(), name.to_owned());
+        let mut streams = streams.to_vec();
+        // Admitted in array order (one call per row, as the scan reads it).
+        streams.sort_by_key(|c| (c.connected_ms, c.id));
         let ids: Vec<String> = streams.iter().map(|c| c.id.to_string()).collect();
         let maps: Vec<Option<String>> = streams
             .iter()
@@ -238,39 +266,65 @@ impl PgCluster {
         let remotes: Vec<String> = streams.iter().map(|c| c.remote_addr.clone()).collect();
         let since: Vec<i64> = streams.iter().map(|c| c.connected_ms).collect();
         let filters: Vec<String> = streams.iter().map(|c| c.filter.clone()).collect();
-        self.run(|pool| async move {
-            let mut tx = pool.begin().await?;
-            sqlx::query(concat!(
-                "INSERT INTO nodes (id, name, started_ms, last_seen_ms) \
-                 VALUES ($1, $2, $3, ",
-                db_now!(),
-                ") ON CONFLICT (id) DO NOTHING"
-            ))
-            .bind(&node)
-            .bind(name)
-            .bind(started_ms)
-            .execute(&mut *tx)
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let timeout = self.node_timeout_ms;
+        let ended: Vec<(String, String)> = self
+            .run(|pool| async move {
+                let mut tx = pool.begin().await?;
+                // Whatever is left of the old row (not reaped yet) goes,
+                // and with it every slot this node held.
+                sqlx::query("DELETE FROM nodes WHERE id = $1")
+                    .bind(&node)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(concat!(
+                    "INSERT INTO nodes (id, name, started_ms, last_seen_ms) \
+                     VALUES ($1, $2, $3, ",
+                    db_now!(),
+                    ")"
+                ))
+                .bind(&node)
+                .bind(name)
+                .bind(started_ms)
+                .execute(&mut *tx)
+                .await?;
+                // A stream admitted while this ran is there already.
+                let mut ended: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT id, verdict FROM ( \
+                     SELECT u.id, herald_admit(u.id, $1, u.map_id, u.key_id, u.remote, \
+                     u.since, u.filter, $8, $9, $10, '{}') AS verdict \
+                     FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], \
+                     $6::bigint[], $7::text[]) AS u (id, map_id, key_id, remote, since, filter) \
+                     WHERE NOT EXISTS (SELECT 1 FROM connections c WHERE c.id = u.id) \
+                     ) AS admitted WHERE verdict <> 'ok'",
+                )
+                .bind(&node)
+                .bind(&ids)
+                .bind(maps)
+                .bind(keys)
+                .bind(remotes)
+                .bind(since)
+                .bind(filters)
+                .bind(clamp(defaults.0))
+                .bind(clamp(defaults.1))
+                .bind(timeout)
+                .fetch_all(&mut *tx)
+                .await?;
+                let closed: Vec<String> = sqlx::query_scalar(
+                    "SELECT connection_id FROM close_requests WHERE connection_id = ANY($1)",
+                )
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                ended.extend(closed.into_iter().map(|id| (id, "closed".to_owned())));
+                Ok(ended)
+            })
             .await?;
-            sqlx::query(
-                "INSERT INTO connections \
-                 (id, node_id, map_id, key_id, remote_addr, connected_ms, filter) \
-                 SELECT u.id, $1, u.map_id, u.key_id, u.remote, u.since, u.filter \
-                 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
-                 $7::text[]) AS u (id, map_id, key_id, remote, since, filter) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&node)
-            .bind(ids)
-            .bind(maps)
-            .bind(keys)
-            .bind(remotes)
-            .bind(since)
-            .bind(filters)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await
-        })
-        .await
+        ended
+            .into_iter()
+            .map(|(id, why)| Ok((ulid_column(&id)?, why)))
+            .collect()
     }
 
     /// Removes nodes silent for longer than the node timeout, and with them
@@ -343,7 +397,8 @@ impl PgCluster {
         let ids: Vec<String> = self
             .run(|pool| async move {
                 sqlx::query_scalar(
-                    "SELECT id FROM connections WHERE node_id = $1 AND close_requested",
+                    "SELECT c.id FROM connections c \
+                     JOIN close_requests r ON r.connection_id = c.id WHERE c.node_id = $1",
                 )
                 .bind(node)
                 .fetch_all(&pool)
@@ -392,11 +447,14 @@ impl PgCluster {
     pub async fn release(&self, ids: &[Ulid]) -> Result<(), StoreError> {
         let ids = ulids(ids);
         self.run(|pool| async move {
-            sqlx::query("DELETE FROM connections WHERE id = ANY($1)")
-                .bind(ids)
-                .execute(&pool)
-                .await
-                .map(|_| ())
+            sqlx::query(
+                "WITH gone AS (DELETE FROM connections WHERE id = ANY($1)) \
+                 DELETE FROM close_requests WHERE connection_id = ANY($1)",
+            )
+            .bind(ids)
+            .execute(&pool)
+            .await
+            .map(|_| ())
         })
         .await
     }
@@ -548,10 +606,13 @@ impl PgCluster {
         let id = id.to_string();
         self.run(|pool| async move {
             let found = sqlx::query(concat!(
-                "UPDATE connections SET close_requested = TRUE WHERE id = $1 AND node_id IN \
+                "INSERT INTO close_requests (connection_id, requested_ms) \
+                 SELECT id, ",
+                db_now!(),
+                " FROM connections WHERE id = $1 AND node_id IN \
                  (SELECT id FROM nodes WHERE last_seen_ms > ",
                 db_now!(),
-                " - $2)"
+                " - $2) ON CONFLICT (connection_id) DO UPDATE SET requested_ms = excluded.requested_ms"
             ))
             .bind(&id)
             .bind(timeout)
@@ -595,6 +656,24 @@ impl PgCluster {
             .await
     }
 
+    /// What an SSE token grants, if it exists and has not expired, without
+    /// using it up (see [`PgCluster::redeem_token`]).
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn peek_token(&self, hash: &SecretHash) -> Result<Option<TokenGrant>, StoreError> {
+        let query = sqlx::query(concat!(
+            "SELECT map_id, key_id, expires_ms > ",
+            db_now!(),
+            " AS valid FROM sse_tokens WHERE token_hash = $1"
+        ))
+        .bind(hash_hex(hash));
+        let row = self
+            .run(|pool| async move { query.fetch_optional(&pool).await })
+            .await?;
+        grant_of(row)
+    }
+
     /// Consumes an SSE token: what it grants, if it exists and has not
     /// expired. Deleting it is what makes it single-use, on every node.
     ///
@@ -611,27 +690,24 @@ impl PgCluster {
         let row = self
             .run(|pool| async move { query.fetch_optional(&pool).await })
             .await?;
-        let Some(row) = row else { return Ok(None) };
-        if !row.try_get::<bool, _>("valid")? {
-            return Ok(None);
-        }
-        Ok(Some(TokenGrant {
-            map_id: ulid_column(row.try_get("map_id")?)?,
-            key_id: opt_ulid(row.try_get("key_id")?)?,
-        }))
+        grant_of(row)
     }
 
-    /// Forgets expired SSE tokens.
+    /// Forgets expired SSE tokens, and close requests old enough that
+    /// their stream's node, if it ever comes back, has long been replaced.
     ///
     /// # Errors
     /// The database is unreachable.
-    pub async fn prune_tokens(&self) -> Result<(), StoreError> {
+    pub async fn prune_expired(&self) -> Result<(), StoreError> {
         self.run(|pool| async move {
             sqlx::query(concat!(
-                "DELETE FROM sse_tokens WHERE expires_ms < ",
+                "WITH expired AS (DELETE FROM sse_tokens WHERE expires_ms < ",
                 db_now!(),
-                ""
+                ") DELETE FROM close_requests WHERE requested_ms < ",
+                db_now!(),
+                " - $1"
             ))
+            .bind(CLOSE_REQUEST_LIFETIME_MS)
             .execute(&pool)
             .await
             .map(|_| ())
