@@ -297,20 +297,39 @@ impl Settings {
                 self.server.bind
             ))
         })?;
-        if self.server.request_timeout_secs == 0 {
-            return Err(ConfigError::Invalid(
-                "server.request_timeout_secs must be at least 1".into(),
-            ));
+        // Zero would make the relay refuse or drop everything, silently.
+        let at_least_one = [
+            (
+                "server.request_timeout_secs",
+                self.server.request_timeout_secs,
+            ),
+            ("sse.keepalive_secs", self.sse.keepalive_secs),
+            ("sse.client_buffer", self.sse.client_buffer as u64),
+            (
+                "history.prune_interval_secs",
+                self.history.prune_interval_secs,
+            ),
+            ("limits.max_connections", self.limits.max_connections),
+            ("auth.sse_token_ttl_secs", self.auth.sse_token_ttl_secs),
+            ("publish.max_body_bytes", self.publish.max_body_bytes as u64),
+            (
+                "publish.max_event_bytes",
+                self.publish.max_event_bytes as u64,
+            ),
+            ("publish.max_batch", self.publish.max_batch as u64),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
         }
-        if self.sse.client_buffer == 0 {
-            return Err(ConfigError::Invalid(
-                "sse.client_buffer must be at least 1".into(),
-            ));
-        }
-        if self.sse.keepalive_secs == 0 {
-            return Err(ConfigError::Invalid(
-                "sse.keepalive_secs must be at least 1".into(),
-            ));
+        if let Some(origin) = self
+            .cors
+            .allowed_origins
+            .iter()
+            .find(|o| *o != "*" && !is_origin(o))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cors.allowed_origins: `{origin}` is not an origin (scheme://host[:port], or *)"
+            )));
         }
         if self.cluster.heartbeat_secs == 0
             || self.cluster.node_timeout_secs <= self.cluster.heartbeat_secs
@@ -345,6 +364,21 @@ impl Settings {
     }
 }
 
+/// Whether `text` is a browser origin, `http(s)://host[:port]` with
+/// nothing after: an `Origin` header is compared with it byte for byte.
+fn is_origin(text: &str) -> bool {
+    let Some(authority) = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !authority.is_empty()
+        && authority
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +399,39 @@ mod tests {
         assert_eq!(s.cluster.heartbeat_secs, 2);
         assert_eq!(s.cluster.node_timeout_secs, 10);
         assert!(s.cluster.node_name.is_empty());
+    }
+
+    #[test]
+    fn values_that_would_refuse_everything_are_refused() {
+        let refused = |change: fn(&mut Settings), key: &str| {
+            let mut s = Settings::default();
+            change(&mut s);
+            let err = s.validate().expect_err(key).to_string();
+            assert!(err.contains(key), "{err}");
+        };
+        refused(|s| s.limits.max_connections = 0, "limits.max_connections");
+        refused(|s| s.publish.max_batch = 0, "publish.max_batch");
+        refused(|s| s.publish.max_body_bytes = 0, "publish.max_body_bytes");
+        refused(|s| s.auth.sse_token_ttl_secs = 0, "auth.sse_token_ttl_secs");
+        refused(
+            |s| s.history.prune_interval_secs = 0,
+            "history.prune_interval_secs",
+        );
+        refused(
+            |s| s.cors.allowed_origins = vec!["not-an-origin".into()],
+            "not-an-origin",
+        );
+        refused(
+            |s| s.cors.allowed_origins = vec!["https://app.example/".into()],
+            "https://app.example/",
+        );
+        let mut s = Settings::default();
+        s.cors.allowed_origins = vec![
+            "https://app.example".into(),
+            "http://127.0.0.1:8000".into(),
+            "http://[::1]:3000".into(),
+        ];
+        s.validate().expect("origins");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::store::{KeyRecord, MapRecord, SharedStore, StoreError};
 pub enum DirectoryError {
     #[error("slug must match [a-z0-9][a-z0-9-]{{0,63}} and not be a ULID")]
     InvalidSlug,
-    #[error("name must be 0 to 128 characters without control characters")]
+    #[error("name must be 0 to 128 characters without control or invisible formatting characters")]
     InvalidName,
     #[error("a map with this slug already exists")]
     MapExists,
@@ -81,9 +81,21 @@ pub fn is_valid_slug(slug: &str) -> bool {
 /// Longest map name, in characters.
 pub const MAX_NAME_CHARS: usize = 128;
 
-/// Whether `name` is acceptable as a map's display name.
+/// Whether `name` is acceptable as a map's display name: no control
+/// characters, nor the invisible ones that reorder or hide the text an
+/// operator reads (bidirectional overrides, zero-width characters).
 pub fn is_valid_name(name: &str) -> bool {
-    name.chars().count() <= MAX_NAME_CHARS && !name.chars().any(char::is_control)
+    name.chars().count() <= MAX_NAME_CHARS
+        && !name
+            .chars()
+            .any(|c| c.is_control() || is_invisible_format(c))
+}
+
+/// Unicode format characters that change how text around them is shown.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 fn now_ms() -> i64 {
@@ -374,39 +386,26 @@ impl Directory {
         Ok(updated)
     }
 
-    /// Creates the `[[maps]]` of the settings that are missing, and adds
-    /// their key to an existing map when it is not there yet.
+    /// Creates the `[[maps]]` of the settings that are missing, each with
+    /// its key. A map that exists is left as it is: from its creation on,
+    /// its keys are the admin API's, so a seeded key revoked there stays
+    /// revoked across restarts.
     ///
     /// # Errors
     /// An invalid slug, or the store failing.
     pub async fn seed(&self, seeds: &[SeedMap]) -> Result<(), DirectoryError> {
         for seed in seeds {
-            let map = match self.find(&seed.slug).await? {
-                Some(map) => map,
-                None => match self
-                    .create_map(&seed.slug, seed.name.as_deref(), Some(&seed.api_key))
-                    .await
-                {
-                    Ok(_) => {
-                        log::info!("seeded map `{}`", seed.slug);
-                        continue;
-                    }
-                    // Another node seeded it at the same moment.
-                    Err(DirectoryError::MapExists) => self
-                        .fetch(&seed.slug)
-                        .await?
-                        .ok_or(DirectoryError::MapNotFound)?,
-                    Err(err) => return Err(err),
-                },
-            };
-            if self.find_key(&seed.api_key).await?.is_none() {
-                let issued = new_key(map.id, Some(&seed.api_key));
-                match self.store.insert_key(&issued.key).await {
-                    // Another node added it at the same moment.
-                    Ok(()) | Err(StoreError::Conflict) => {}
-                    Err(err) => return Err(err.into()),
-                }
-                self.find_key(&seed.api_key).await?;
+            if self.find(&seed.slug).await?.is_some() {
+                continue;
+            }
+            match self
+                .create_map(&seed.slug, seed.name.as_deref(), Some(&seed.api_key))
+                .await
+            {
+                Ok(_) => log::info!("seeded map `{}`", seed.slug),
+                // Another node seeded it at the same moment.
+                Err(DirectoryError::MapExists) => {}
+                Err(err) => return Err(err),
             }
         }
         Ok(())
@@ -438,6 +437,8 @@ mod tests {
         for bad in [
             "a\u{0}b",
             "line\nbreak",
+            "\u{202e}evil",
+            "zero\u{200b}width",
             "del\u{7f}",
             "\u{85}",
             too_long.as_str(),

@@ -36,14 +36,17 @@ impl RateLimiter {
         }
     }
 
-    /// The client address a request counts against.
+    /// The client address a request counts against. Behind a trusted
+    /// proxy, the last `X-Forwarded-For` entry: the one the proxy appended;
+    /// entries to its left came from the client, who can write anything.
     pub fn client_ip(&self, req: &HttpRequest) -> Option<IpAddr> {
         if self.trust_forwarded_for {
             let forwarded = req
                 .headers()
-                .get("x-forwarded-for")
+                .get_all("x-forwarded-for")
+                .last()
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.rsplit(',').next())
                 .and_then(|ip| ip.trim().parse().ok());
             if forwarded.is_some() {
                 return forwarded;

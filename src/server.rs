@@ -240,8 +240,10 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// One worker's connection service: stream connections take the lean path
 /// of [`stream_conn`], the others go to actix-http (configured as actix-web's
-/// `HttpServer` would, with half-closed connections treated as gone so a
-/// vanished client is noticed at once).
+/// `HttpServer` would). A request whose client half-closed the connection
+/// after sending it is still answered (a publish's events are committed,
+/// its 201 must not be lost); a stream on such a connection ends when its
+/// client closes (see `layer_errors`).
 fn worker_service(
     state: AppState,
     local: SocketAddr,
@@ -254,10 +256,11 @@ fn worker_service(
         .client_request_timeout(request_timeout)
         .client_disconnect_timeout(DISCONNECT_TIMEOUT)
         .keep_alive(Duration::from_secs(server.keep_alive_secs))
-        .h1_allow_half_closed(false)
+        .h1_allow_half_closed(true)
         .local_addr(local)
         .on_connect_ext(move |io: &JsonErrors<TcpStream>, data: &mut Extensions| {
             data.insert(crate::socket::configure(io.get_ref(), user_timeout));
+            data.insert(io.carries_stream());
         })
         .graceful_shutdown_signal(move || {
             let signal = shutdown_signal.clone();

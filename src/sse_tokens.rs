@@ -1,6 +1,7 @@
 //! Single-use SSE tokens for browsers (EventSource cannot send headers):
-//! minted with a map key, stored hashed, consumed on first use, expired
-//! after `auth.sse_token_ttl_secs`. A single node keeps them in memory; in
+//! minted with a map key, stored hashed, used up by the stream it opens
+//! (a request refused on the way leaves it valid), expired after
+//! `auth.sse_token_ttl_secs`. A single node keeps them in memory; in
 //! a cluster they are stored in the database, so a token minted on one node
 //! opens a stream on any.
 
@@ -65,6 +66,27 @@ impl SseTokens {
             }
         }
         Ok(self.issue(grant))
+    }
+
+    /// What a token minted by [`SseTokens::mint`] on any node grants,
+    /// without using it up.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn peek(&self, token: &str) -> Result<Option<TokenGrant>, StoreError> {
+        let hash = hash_secret(token);
+        let local = self
+            .tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&hash)
+            .filter(|(_, expires)| Instant::now() < *expires)
+            .map(|(grant, _)| *grant);
+        match (local, &self.cluster) {
+            (Some(grant), _) => Ok(Some(grant)),
+            (None, Some(cluster)) => cluster.peek_token(&hash).await,
+            (None, None) => Ok(None),
+        }
     }
 
     /// Consumes a token minted by [`SseTokens::mint`] on any node.
@@ -133,10 +155,12 @@ mod tests {
         let tokens = SseTokens::new(Duration::from_secs(30));
         let g = grant();
         let t = tokens.issue(g);
-        assert_eq!(tokens.redeem(&t), Some(g));
+        assert_eq!(tokens.peek(&t).await.unwrap(), Some(g));
+        assert_eq!(tokens.redeem(&t), Some(g), "a peek does not use it up");
         assert_eq!(tokens.redeem(&t), None, "second use");
         let late = tokens.issue(g);
         tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(tokens.peek(&late).await.unwrap(), None, "expired");
         assert_eq!(tokens.redeem(&late), None, "expired");
         assert_eq!(tokens.redeem("st_unknown"), None);
     }

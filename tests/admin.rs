@@ -16,6 +16,7 @@ backend_tests!(
     list_maps_pages_with_limit_and_offset,
     get_map_by_id_and_slug,
     added_keys_work_and_revoked_keys_stop_at_once,
+    a_revoked_seeded_key_stays_revoked_across_restarts,
     set_limits_validates_and_resets,
     map_connection_limit_is_enforced,
     key_connection_limit_is_enforced,
@@ -476,6 +477,37 @@ async fn added_keys_work_and_revoked_keys_stop_at_once(backend: Backend) {
     )
     .await;
     expect_error(response, 404, "MAP_NOT_FOUND", "add key to unknown map").await;
+}
+
+async fn a_revoked_seeded_key_stays_revoked_across_restarts(backend: Backend) {
+    let mut relay = Relay::start(backend).await;
+    relay.add_settings("[[maps]]\nslug = \"seeded\"\napi_key = \"seeded-map-key\"\n");
+    relay.restart();
+    let (stream, _) = open_ok(&relay, "seeded", "seeded-map-key").await;
+    drop(stream);
+    let detail = map_detail(&relay, "seeded").await;
+    let key_id = detail["keys"][0]["key_id"].as_str().expect("key_id");
+    let revoked = send(
+        &relay,
+        Method::DELETE,
+        &format!("/api/admin/maps/seeded/keys/{key_id}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(revoked.status(), 204);
+    relay.restart();
+    let refused = relay
+        .stream_request("/api/maps/seeded/events/stream", "seeded-map-key", None)
+        .await;
+    expect_error(
+        refused,
+        401,
+        "UNAUTHORIZED",
+        "a revoked seeded key after a restart",
+    )
+    .await;
+    assert_eq!(map_detail(&relay, "seeded").await["keys"], json!([]));
 }
 
 async fn set_limits_validates_and_resets(backend: Backend) {

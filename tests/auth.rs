@@ -574,6 +574,29 @@ async fn sse_tokens_are_single_use_and_bound_to_their_map(backend: Backend) {
         "token of map A on map B",
     )
     .await;
+    // Refusals do not use a token up: only the stream it opens does.
+    expect_error(
+        open(
+            &relay,
+            &stream_path(&a.slug, &format!("?token={token_a}&events=a..b")),
+            None,
+            None,
+        )
+        .await,
+        400,
+        "INVALID_FILTER",
+        "a bad filter with a token",
+    )
+    .await;
+    let mut kept = open_ok(
+        &relay,
+        &stream_path(&a.slug, &format!("?token={token_a}")),
+        None,
+        None,
+    )
+    .await;
+    kept.connected().await;
+    drop(kept);
 
     // The browser's reconnect: a new token with last_event_id resumes.
     let more = relay.publish_n(&a.slug, 2).await;
@@ -790,14 +813,16 @@ async fn forwarded_for_is_trusted_only_when_configured(backend: Backend) {
             .expect("request");
         expect_error(response, 401, "UNAUTHORIZED", forwarded).await;
     }
-    let again = request(&relay, path.clone(), "10.0.0.1")
+    // The proxy's entry is the last; what the client wrote before it is
+    // not an address of its own.
+    let again = request(&relay, path.clone(), "203.0.113.7, 10.0.0.1")
         .await
         .expect("request");
     expect_error(
         again,
         429,
         "RATE_LIMITED",
-        "the same forwarded address again",
+        "the same forwarded address again, behind a spoofed one",
     )
     .await;
 }

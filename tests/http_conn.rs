@@ -1,7 +1,8 @@
 //! The lean HTTP/1.1 path of connections opened for a stream
 //! (`src/http/stream_conn.rs`), spoken to over raw TCP: exact framing,
 //! HTTP/1.0, hostile heads, and the fallback to actix-http when the request
-//! line arrives in pieces.
+//! line arrives in pieces; and, on the other connections, what a client
+//! that half-closes or pipelines a malformed request gets.
 
 mod common;
 
@@ -86,6 +87,19 @@ impl Raw {
         }
     }
 
+    /// Reads a body of `Content-Length` bytes.
+    async fn body(&mut self, head: &Head) -> Vec<u8> {
+        let len: usize = head
+            .header("content-length")
+            .expect("content-length")
+            .parse()
+            .expect("a length");
+        while self.buf.len() < len {
+            assert!(self.fill().await, "connection closed inside a body");
+        }
+        self.buf.drain(..len).collect()
+    }
+
     /// Reads to the end of the connection; returns the rest of the body.
     async fn read_to_close(&mut self) -> Vec<u8> {
         while self.fill().await {}
@@ -116,6 +130,15 @@ impl Raw {
             assert!(self.fill().await, "closed while waiting for {needle}");
         }
     }
+}
+
+fn publish_request(map: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST /api/maps/{map}/events HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        common::PUBLISHER,
+        body.len()
+    )
+    .into_bytes()
 }
 
 fn stream_request(map: &str, key: &str, version: &str) -> Vec<u8> {
@@ -302,4 +325,82 @@ async fn client_that_closes_frees_its_slot() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The ids of a publish's 201 answer.
+fn ids_of(body: &[u8]) -> Vec<String> {
+    let body: serde_json::Value = serde_json::from_slice(body).expect("json");
+    body["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|id| id.as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_client_half_closed_is_answered() {
+    let relay = Relay::start(Backend::Sqlite).await;
+    let map = relay.create_map().await;
+    let mut raw = Raw::connect(&relay).await;
+    raw.send(&publish_request(&map.slug, r#"{"type":"half.closed"}"#))
+        .await;
+    raw.tcp.shutdown().await.expect("half-close");
+    let head = raw.head().await;
+    assert_eq!(head.status, 201);
+    let ids = ids_of(&raw.body(&head).await);
+    assert_eq!(ids.len(), 1);
+    let history = relay
+        .admin_json(&format!("/api/maps/{}/events", map.slug))
+        .await;
+    assert_eq!(history["items"][0]["id"], ids[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_pipelined_after_a_publish_comes_after_its_answer() {
+    let relay = Relay::start(Backend::Sqlite).await;
+    let map = relay.create_map().await;
+    let mut raw = Raw::connect(&relay).await;
+    let mut bytes = publish_request(&map.slug, r#"{"type":"pipelined"}"#);
+    bytes.extend_from_slice(b"garbage\r\n\r\n");
+    raw.send(&bytes).await;
+    let head = raw.head().await;
+    assert_eq!(head.status, 201, "the publish is answered first");
+    assert_eq!(ids_of(&raw.body(&head).await).len(), 1);
+    let head = raw.head().await;
+    assert_eq!(head.status, 400);
+    assert_eq!(head.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_slice(&raw.body(&head).await).expect("json");
+    assert_eq!(body["code"], "BAD_REQUEST");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_a_kept_alive_connection_ends_when_its_client_closes() {
+    let relay = Relay::start(Backend::Sqlite).await;
+    let map = relay.create_map().await;
+    let mut raw = Raw::connect(&relay).await;
+    // A first request keeps the connection alive: the stream after it is
+    // actix-http's, not the lean path's.
+    raw.send(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await;
+    let head = raw.head().await;
+    assert_eq!(head.status, 200);
+    raw.body(&head).await;
+    raw.send(&stream_request(&map.slug, &map.key, "HTTP/1.1"))
+        .await;
+    assert_eq!(raw.head().await.status, 200);
+    raw.chunked_until("event: connected").await;
+    let path = format!("/api/admin/connections?map={}", map.slug);
+    assert_eq!(relay.admin_json(&path).await["total"], 1);
+    raw.tcp.shutdown().await.expect("half-close");
+    // Well before a keep-alive comment could fail (15 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while relay.admin_json(&path).await["total"] != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    raw.read_to_close().await;
 }

@@ -8,6 +8,7 @@ use super::api::{
 };
 use std::sync::Arc;
 
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
@@ -19,6 +20,9 @@ use crate::error::ApiError;
 use crate::event::{format_millis, parse_ulid};
 use crate::state::AppState;
 use crate::store::MapRecord;
+
+/// Largest `offset` of a listing: the int64 its description gives.
+const MAX_OFFSET: usize = i64::MAX as usize;
 
 impl From<DirectoryError> for ApiError {
     fn from(err: DirectoryError) -> Self {
@@ -147,19 +151,22 @@ pub async fn create_map(
         map.slug,
         issued.key.id
     );
-    Ok(HttpResponse::Created().json(MapCreated {
-        id: map.id.to_string(),
-        slug: map.slug.clone(),
-        key_id: issued.key.id.to_string(),
-        api_key: issued.secret,
-    }))
+    Ok(HttpResponse::Created()
+        // It carries a key, shown once: no cache may keep it.
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(MapCreated {
+            id: map.id.to_string(),
+            slug: map.slug.clone(),
+            key_id: issued.key.id.to_string(),
+            api_key: issued.secret,
+        }))
 }
 
 /// `GET /api/admin/maps?limit=&offset=`.
 #[utoipa::path(
     get, path = "/api/admin/maps", tag = "admin",
     params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 100"),
-        ("offset" = Option<u64>, Query, minimum = 0, description = "default 0")),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "default 0")),
     responses((status = 200, description = "a page of maps, by id", body = MapList),
         (status = 400, description = "INVALID_QUERY", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 414, description = "URI_TOO_LONG", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
     security(("admin" = []))
@@ -171,7 +178,7 @@ pub async fn list_maps(
     admin(&state, &req).await?;
     let params = query_params(&req)?;
     let limit = int_param(&params, "limit", 100, 1..=1000)?;
-    let offset = int_param(&params, "offset", 0, 0..=usize::MAX)?;
+    let offset = int_param(&params, "offset", 0, 0..=MAX_OFFSET)?;
     fresh_directory(&state).await;
     let usage = state.cluster.usage(&state.connections).await?;
     let (total, maps) = state.directory.list(limit, offset);
@@ -217,10 +224,12 @@ pub async fn create_key(
     let map = admin_map(&state, &req, &path).await?;
     let issued = state.directory.add_key(map.id).await?;
     log::info!("key created map={} key={}", map.id, issued.key.id);
-    Ok(HttpResponse::Created().json(KeyCreated {
-        key_id: issued.key.id.to_string(),
-        api_key: issued.secret,
-    }))
+    Ok(HttpResponse::Created()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(KeyCreated {
+            key_id: issued.key.id.to_string(),
+            api_key: issued.secret,
+        }))
 }
 
 /// `DELETE /api/admin/maps/{map}/keys/{key_id}`: revokes the key and closes
@@ -379,7 +388,7 @@ pub async fn limits(
     get, path = "/api/admin/connections", tag = "admin",
     params(("map" = Option<String>, Query, description = "only this map's streams (id or slug)"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 100"),
-        ("offset" = Option<u64>, Query, minimum = 0, description = "default 0")),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "default 0")),
     responses((status = 200, description = "a page of open streams on every node, by id", body = ConnectionList),
         (status = 400, description = "INVALID_QUERY", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody), (status = 414, description = "URI_TOO_LONG", body = ErrorBody), (status = 503, description = "STORE_UNAVAILABLE", body = ErrorBody)),
     security(("admin" = []))
@@ -395,7 +404,7 @@ pub async fn list_connections(
         None => None,
     };
     let limit = int_param(&params, "limit", 100, 1..=1000)?;
-    let offset = int_param(&params, "offset", 0, 0..=usize::MAX)?;
+    let offset = int_param(&params, "offset", 0, 0..=MAX_OFFSET)?;
     let (total, streams) = state
         .cluster
         .connections(&state.connections, map_id, limit, offset)

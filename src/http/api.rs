@@ -74,6 +74,7 @@ pub struct Envelope {
 pub struct HistoryPage {
     pub items: Vec<Envelope>,
     /// Ask again with `after=next` when set.
+    #[schema(required = true)]
     pub next: Option<String>,
 }
 
@@ -102,8 +103,11 @@ pub struct SseToken {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewMap {
     /// `[a-z0-9][a-z0-9-]{0,63}`, not itself a ULID.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9][a-z0-9-]{0,63}$")]
     pub slug: String,
-    /// 0–128 characters, no control characters; default: the slug.
+    /// 0–128 characters, no control or invisible formatting characters;
+    /// default: the slug.
+    #[schema(max_length = 128)]
     pub name: Option<String>,
 }
 
@@ -131,8 +135,9 @@ pub struct MapLimits {
 }
 
 /// `PUT /api/admin/maps/{map}/limits`: absent fields stay, `null` resets
-/// to the configured default.
+/// to the configured default; any other field is refused.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LimitsChange {
     #[schema(nullable, minimum = 0)]
     pub max_connections: Option<u64>,
@@ -176,8 +181,10 @@ pub struct ConnectionView {
     /// The name of the node holding it.
     pub node: String,
     /// `null` for the admin firehose.
+    #[schema(required = true)]
     pub map_id: Option<String>,
     /// `null` when opened with the admin token.
+    #[schema(required = true)]
     pub key_id: Option<String>,
     pub remote_addr: String,
     pub connected_at: String,
@@ -335,6 +342,7 @@ impl Modify for HttpLayerErrors {
             for (operation, has_body) in operations {
                 let Some(operation) = operation else { continue };
                 let mut answers = vec![
+                    ("400", "BAD_REQUEST"),
                     ("408", "REQUEST_TIMEOUT"),
                     ("414", "URI_TOO_LONG"),
                     ("431", "HEADERS_TOO_LARGE"),
@@ -348,6 +356,22 @@ impl Modify for HttpLayerErrors {
                         .responses
                         .entry(status.to_owned())
                         .or_insert_with(|| error(code).into());
+                }
+                // Every 429 says when to try again.
+                if let Some(utoipa::openapi::RefOr::T(too_many)) =
+                    operation.responses.responses.get_mut("429")
+                {
+                    too_many.headers.insert(
+                        "Retry-After".to_owned(),
+                        utoipa::openapi::HeaderBuilder::new()
+                            .schema(
+                                utoipa::openapi::ObjectBuilder::new()
+                                    .schema_type(utoipa::openapi::schema::Type::Integer)
+                                    .minimum(Some(0)),
+                            )
+                            .description(Some("seconds to wait"))
+                            .build(),
+                    );
                 }
             }
         }

@@ -28,7 +28,7 @@ const MAX_PAGE_BYTES: usize = (1 << 20) - 64;
 /// and creates nothing.
 #[utoipa::path(
     post, path = "/api/maps/{map}/events", tag = "events",
-    params(("map" = String, Path, description = "the map's id or slug"), ("Idempotency-Key" = Option<String>, Header, description = "1-128 characters of [A-Za-z0-9_.:-]: a retry with the same key and body answers the first ids")),
+    params(("map" = String, Path, description = "the map's id or slug"), ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.:-]+$", description = "1-128 characters of [A-Za-z0-9_.:-]: a retry with the same key and body answers the first ids")),
     request_body(content = PublishBody, description = "one event or an array of up to `publish.max_batch`"),
     responses((status = 201, description = "committed", body = Published),
         (status = 400, description = "INVALID_JSON, INVALID_EVENT, INVALID_IDEMPOTENCY_KEY or BAD_REQUEST (a body whose framing breaks)", body = ErrorBody), (status = 401, description = "UNAUTHORIZED", body = ErrorBody), (status = 404, description = "MAP_NOT_FOUND", body = ErrorBody),

@@ -7,7 +7,15 @@
 //! 414 or 431 with `content-length: 0`, which herald's own handlers never
 //! send (their errors always carry a JSON body) — with the same status and
 //! herald's `{"error", "code"}` body. The answer is the last thing on its
-//! connection (actix-http closes it), so nothing after it is affected.
+//! connection (actix-http closes it), so nothing after it is affected; the
+//! answers of pipelined requests before it go out unchanged.
+//!
+//! The same layer ends a stream whose client closed its side. actix-http
+//! answers a request whose client half-closed the connection after sending
+//! it (a publish must get its 201: its events are committed), but an event
+//! stream never ends on its own, so on a connection marked as carrying one
+//! ([`CarriesStream`]) the end of the client's bytes is the end of the
+//! stream, noticed at once.
 //!
 //! actix-http has no limit of its own on the request target: a target of
 //! more than [`MAX_URI_BYTES`] answers 414, from the app (`http::app`) when
@@ -23,6 +31,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use actix_web::http::StatusCode;
@@ -42,6 +52,23 @@ pub struct JsonErrors<T> {
     /// A replacement answer still to be written.
     pending: Bytes,
     lines: LineWatch,
+    carries_stream: CarriesStream,
+}
+
+/// Whether a connection carries an event stream: set by the stream's
+/// handler (through the connection data), read by [`JsonErrors`].
+#[derive(Debug, Clone, Default)]
+pub struct CarriesStream(Arc<AtomicBool>);
+
+impl CarriesStream {
+    /// The connection now carries a stream.
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_marked(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// Follows the lines a client sends, to tell a request line that is too
@@ -89,12 +116,18 @@ impl<T> JsonErrors<T> {
             peer,
             pending: Bytes::new(),
             lines: LineWatch::new(),
+            carries_stream: CarriesStream::default(),
         }
     }
 
     /// The wrapped connection.
     pub fn get_ref(&self) -> &T {
         &self.inner
+    }
+
+    /// The mark a stream's handler sets on this connection.
+    pub fn carries_stream(&self) -> CarriesStream {
+        self.carries_stream.clone()
     }
 }
 
@@ -118,8 +151,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for JsonErrors<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        self.lines.read(&buf.filled()[before..]);
+        let read = &buf.filled()[before..];
+        if read.is_empty() && room && self.carries_stream.is_marked() {
+            // An error, not the end of input: actix-http then drops the
+            // connection and the stream's body with it.
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the client closed its stream",
+            )));
+        }
+        self.lines.read(read);
         Poll::Ready(Ok(()))
     }
 }
@@ -132,13 +175,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonErrors<T> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_pending(cx))?;
-        if let Some((status, replacement)) = json_answer(buf, this.lines.uri_too_long) {
+        if let Some((at, status, replacement)) = json_answer(buf, this.lines.uri_too_long) {
             log::debug!(
                 "refused a request the HTTP layer could not accept from {}: {status}",
                 this.peer
                     .map_or_else(|| "an unknown peer".to_owned(), |p| p.ip().to_string())
             );
-            this.pending = replacement;
+            this.pending = Bytes::from([&buf[..at], &replacement[..]].concat());
             // Written now or on the flush actix-http does next.
             let _ = this.poll_pending(cx)?;
             return Poll::Ready(Ok(buf.len()));
@@ -157,13 +200,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonErrors<T> {
     }
 }
 
-/// The JSON answer replacing `bytes`, when they are one of actix-http's
-/// bare error answers (a refused head is a 414 after a request line that
-/// was too long).
-fn json_answer(bytes: &[u8], uri_too_long: bool) -> Option<(StatusCode, Bytes)> {
-    let status_line = bytes
-        .strip_prefix(b"HTTP/1.1 ")
-        .or_else(|| bytes.strip_prefix(b"HTTP/1.0 "))?;
+/// Where `bytes` end with one of actix-http's bare error answers: its
+/// offset (answers to pipelined requests may come before it), its status,
+/// and the JSON answer replacing it (a refused head is a 414 after a
+/// request line that was too long). Only the last status line can start
+/// it: a JSON body cannot hold the raw line breaks of a head.
+fn json_answer(bytes: &[u8], uri_too_long: bool) -> Option<(usize, StatusCode, Bytes)> {
+    let at = bytes
+        .windows(9)
+        .rposition(|w| w == b"HTTP/1.1 " || w == b"HTTP/1.0 ")?;
+    let bytes = &bytes[at..];
+    let status_line = &bytes[9..];
     let error = match status_line.get(..4)? {
         b"400 " | b"431 " if uri_too_long => ApiError::UriTooLong,
         b"400 " => ApiError::BadRequest("the request is malformed".into()),
@@ -190,7 +237,7 @@ fn json_answer(bytes: &[u8], uri_too_long: bool) -> Option<(StatusCode, Bytes)> 
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
-    Some((status, Bytes::from(answer)))
+    Some((at, status, Bytes::from(answer)))
 }
 
 #[cfg(test)]
@@ -217,13 +264,23 @@ mod tests {
             ("HTTP/1.0 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n", 413, "PAYLOAD_TOO_LARGE"),
             ("HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\n\r\n", 414, "URI_TOO_LONG"),
         ] {
-            let (got, answer) = json_answer(raw.as_bytes(), false).expect(raw);
-            assert_eq!(got.as_u16(), status);
+            let (at, got, answer) = json_answer(raw.as_bytes(), false).expect(raw);
+            assert_eq!((at, got.as_u16()), (0, status));
             assert!(answer.starts_with(format!("HTTP/1.1 {status} ").as_bytes()));
             let body = body_of(&answer);
             assert_eq!(body["code"], code);
             assert!(!body["error"].as_str().unwrap().is_empty());
         }
+    }
+
+    #[test]
+    fn a_bare_error_after_a_pipelined_answer_is_replaced_alone() {
+        let first = "HTTP/1.1 201 Created\r\ncontent-length: 36\r\n\r\n{\"ids\":[\"01J0000000000000000000000\"]}";
+        let raw = format!("{first}HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        let (at, status, answer) = json_answer(raw.as_bytes(), false).expect("replaced");
+        assert_eq!((at, status.as_u16()), (first.len(), 400));
+        assert_eq!(body_of(&answer)["code"], "BAD_REQUEST");
+        assert!(json_answer(first.as_bytes(), false).is_none());
     }
 
     #[test]
@@ -251,7 +308,7 @@ mod tests {
         lines.read(&vec![b'a'; MAX_URI_BYTES]);
         assert!(lines.uri_too_long, "the next request's line");
         let raw = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
-        let (status, answer) = json_answer(raw, true).expect("replaced");
+        let (_, status, answer) = json_answer(raw, true).expect("replaced");
         assert_eq!(status.as_u16(), 414);
         assert_eq!(body_of(&answer)["code"], "URI_TOO_LONG");
     }

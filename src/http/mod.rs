@@ -29,7 +29,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
 use actix_web::http::{header, Method};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{guard, web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use ulid::Ulid;
@@ -64,6 +64,10 @@ pub fn app(
         .wrap(actix_web_lab::middleware::CatchPanic::default())
         .wrap(cors)
         .wrap(actix_web::middleware::from_fn(json_errors))
+        // JSON is never to be read as a script or a page.
+        .wrap(
+            actix_web::middleware::DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")),
+        )
         .configure(configure)
 }
 
@@ -75,9 +79,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     let resource = |path: &str, allow: &'static str| {
         web::resource(path).default_service(web::to(move || method_not_allowed(allow)))
     };
-    cfg.service(resource("/health", "GET").route(web::get().to(ops::health)))
-        .service(resource("/ready", "GET").route(web::get().to(ops::ready)))
-        .service(resource("/metrics", "GET").route(web::get().to(ops::metrics)))
+    // Documents and probes answer HEAD too (uptime monitors use it);
+    // actix-http sends a HEAD answer's head only.
+    let get_or_head = || web::route().guard(guard::Any(guard::Get()).or(guard::Head()));
+    cfg.service(resource("/health", "GET, HEAD").route(get_or_head().to(ops::health)))
+        .service(resource("/ready", "GET, HEAD").route(get_or_head().to(ops::ready)))
+        .service(resource("/metrics", "GET, HEAD").route(get_or_head().to(ops::metrics)))
         .service(
             resource("/api/maps/{map}/events/stream", "GET")
                 .route(web::get().to(stream::map_stream)),
@@ -117,10 +124,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/api/admin/stats", "GET").route(web::get().to(admin::stats)))
         .service(resource("/api/admin/nodes", "GET").route(web::get().to(admin::nodes)))
-        .service(resource("/", "GET").route(web::get().to(assets::root)))
-        .service(resource("/openapi.json", "GET").route(web::get().to(api::openapi_json)));
+        .service(resource("/", "GET, HEAD").route(get_or_head().to(assets::root)))
+        .service(resource("/openapi.json", "GET, HEAD").route(get_or_head().to(api::openapi_json)));
     for path in assets::paths() {
-        cfg.service(resource(path, "GET").route(web::get().to(assets::serve)));
+        cfg.service(resource(path, "GET, HEAD").route(get_or_head().to(assets::serve)));
     }
     cfg.default_service(web::to(not_found));
 }
@@ -242,7 +249,8 @@ impl Caller {
 }
 
 /// Identifies the caller by its Bearer credential, or by a single-use SSE
-/// token (consumed here) where `sse_token` is given. A map key this node
+/// token where `sse_token` is given (not used up here: only the stream it
+/// opens uses it up, see `stream::open_stream`). A map key this node
 /// does not know yet is looked up in the store (another process made it).
 ///
 /// # Errors
@@ -273,7 +281,7 @@ pub async fn authenticate(
     };
     state
         .sse_tokens
-        .consume(token)
+        .peek(token)
         .await?
         .map(Caller::SseToken)
         .ok_or(ApiError::Unauthorized)

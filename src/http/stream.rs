@@ -11,6 +11,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use ulid::Ulid;
 
+use super::layer_errors::CarriesStream;
 use super::{authenticate, query_params, resolve_map, Caller, Query};
 use crate::actors::session::{self, StreamRequest, StreamServices};
 use crate::cluster::Refusal;
@@ -46,8 +47,11 @@ pub async fn map_stream(
     let caller = authenticate(&state, &req, query.token()).await?;
     let map = resolve_map(&state, &path).await?;
     let key_id = caller.reader_of(&map)?;
+    let token = matches!(caller, Caller::SseToken(_))
+        .then(|| query.token().map(str::to_owned))
+        .flatten();
     let params = query.params()?;
-    open_stream(&state, &req, &params, Some(&map), key_id).await
+    open_stream(&state, &req, &params, Some(&map), key_id, token.as_deref()).await
 }
 
 /// Subscribe to every map (admin token only).
@@ -69,7 +73,7 @@ pub async fn firehose(
     state.rate_limiter.check(&req)?;
     authenticate(&state, &req, None).await?.require_admin()?;
     let params = query_params(&req)?;
-    open_stream(&state, &req, &params, None, None).await
+    open_stream(&state, &req, &params, None, None, None).await
 }
 
 /// Mint a single-use token for `?token=` (browsers' EventSource).
@@ -102,10 +106,12 @@ pub async fn sse_token(
             key_id,
         })
         .await?;
-    Ok(HttpResponse::Created().json(SseToken {
-        token,
-        expires_in: state.sse_tokens.ttl().as_secs(),
-    }))
+    Ok(HttpResponse::Created()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(SseToken {
+            token,
+            expires_in: state.sse_tokens.ttl().as_secs(),
+        }))
 }
 
 /// The client's resume position: the `Last-Event-ID` header wins over the
@@ -132,12 +138,16 @@ fn invalid_id() -> ApiError {
     ApiError::InvalidLastEventId("Last-Event-ID must be a 26-character ULID".into())
 }
 
+/// Opens a stream once every check passed; `sse_token`, the credential of
+/// the request when it is one, is used up only then, so a request refused
+/// on the way (a typo in a filter, a limit) leaves it valid for the retry.
 async fn open_stream(
     state: &AppState,
     req: &HttpRequest,
     params: &HashMap<String, String>,
     map: Option<&MapRecord>,
     key_id: Option<Ulid>,
+    sse_token: Option<&str>,
 ) -> Result<HttpResponse, ApiError> {
     let after = last_event_id(req, params)?;
     let filter = Filter::parse(
@@ -195,6 +205,12 @@ async fn open_stream(
         Err(Refusal::Gone) => return Err(ApiError::Unauthorized),
         Err(Refusal::Store(err)) => return Err(err.into()),
     }
+    // Another request may have used the token since it was checked.
+    if let Some(token) = sse_token {
+        if state.sse_tokens.consume(token).await?.is_none() {
+            return Err(ApiError::Unauthorized);
+        }
+    }
     let scope: Scope = map.map(|m| m.id);
     let services = StreamServices {
         hubs: state.hubs.clone(),
@@ -213,6 +229,9 @@ async fn open_stream(
         socket: crate::socket::of_request(req),
     };
     let body = session::open(services, request).await?;
+    if let Some(mark) = req.conn_data::<CarriesStream>() {
+        mark.mark();
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))

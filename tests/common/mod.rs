@@ -387,6 +387,17 @@ impl Relay {
     }
 
     /// Starts a new process on the same database (after `kill`/`terminate`).
+    /// Appends `toml` to this relay's settings file: in force from its
+    /// next start (see [`Relay::restart`]).
+    pub fn add_settings(&self, toml: &str) {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.config)
+            .expect("settings file");
+        file.write_all(toml.as_bytes()).expect("append settings");
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
