@@ -146,9 +146,9 @@ impl PgCluster {
     /// # Errors
     /// The database is unreachable.
     pub async fn register(&self, id: Ulid, name: &str) -> Result<i64, StoreError> {
-        let (id, name) = (id.to_string(), name.to_owned());
+        let (id, owned_name) = (id.to_string(), name.to_owned());
         let timeout = self.node_timeout_ms;
-        let (started, others, schema): (i64, i64, String) = self
+        let (started, others, namesakes, schema): (i64, i64, i64, String) = self
             .run(|pool| async move {
                 sqlx::query_as(concat!(
                     "INSERT INTO nodes (id, name, started_ms, last_seen_ms) \
@@ -159,15 +159,25 @@ impl PgCluster {
                     ") RETURNING started_ms, (SELECT count(*) FROM nodes \
                      WHERE last_seen_ms > ",
                     db_now!(),
+                    " - $3), (SELECT count(*) FROM nodes WHERE name = $2 AND last_seen_ms > ",
+                    db_now!(),
                     " - $3), current_schema()"
                 ))
                 .bind(id)
-                .bind(name)
+                .bind(owned_name)
                 .bind(timeout)
                 .fetch_one(&pool)
                 .await
             })
             .await?;
+        if namesakes > 0 {
+            // Not refused: a node restarted at once finds its own last run
+            // there until the node timeout.
+            log::warn!(
+                "a node named `{name}` was seen within the node timeout: unless it was this \
+                 node's last run, admin views cannot tell the two apart (set cluster.node_name)"
+            );
+        }
         let _ = self.schema.set(schema);
         self.others.store(others > 0, Ordering::Relaxed);
         if others > 0 {
