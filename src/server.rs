@@ -252,7 +252,11 @@ fn worker_service(
 ) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = (), InitError = ()> {
     let server = &state.settings.server;
     let request_timeout = Duration::from_secs(server.request_timeout_secs);
+    let max_publish_body = state.settings.publish.max_body_bytes;
     let http = actix_http::HttpService::build()
+        .expect(fn_service(move |req| async move {
+            crate::http::continue_unless_too_large(req, max_publish_body)
+        }))
         .client_request_timeout(request_timeout)
         .client_disconnect_timeout(DISCONNECT_TIMEOUT)
         .keep_alive(Duration::from_secs(server.keep_alive_secs))

@@ -404,3 +404,33 @@ async fn a_stream_on_a_kept_alive_connection_ends_when_its_client_closes() {
     }
     raw.read_to_close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_is_refused_for_a_body_over_the_limit() {
+    let relay = Relay::start(Backend::Sqlite).await;
+    let map = relay.create_map().await;
+    let head = |length: usize| {
+        format!(
+            "POST /api/maps/{}/events HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\
+             Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n",
+            map.slug,
+            common::PUBLISHER
+        )
+    };
+    // Refused before the upload: the final answer instead of 100.
+    let mut raw = Raw::connect(&relay).await;
+    raw.send(head(2_000_000).as_bytes()).await;
+    let answer = raw.head().await;
+    assert_eq!(answer.status, 413);
+    let body: serde_json::Value = serde_json::from_slice(&raw.body(&answer).await).expect("json");
+    assert_eq!(body["code"], "PAYLOAD_TOO_LARGE");
+    // Within the limit: 100, then the body, then 201.
+    let event = r#"{"type":"expected"}"#;
+    let mut raw = Raw::connect(&relay).await;
+    raw.send(head(event.len()).as_bytes()).await;
+    assert_eq!(raw.head().await.status, 100);
+    raw.send(event.as_bytes()).await;
+    let answer = raw.head().await;
+    assert_eq!(answer.status, 201);
+    assert_eq!(ids_of(&raw.body(&answer).await).len(), 1);
+}
