@@ -104,6 +104,16 @@ async fn malformed_json_is_invalid_json(backend: Backend) {
     )
     .await;
     expect_error(response, 400, "INVALID_JSON", "invalid UTF-8").await;
+    // A compressed body is refused for its coding, not as bad JSON.
+    let response = relay
+        .post(&format!("/api/maps/{}/events", map.slug), PUBLISHER)
+        .header("Content-Encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 0x08, 0x00])
+        .send()
+        .await
+        .expect("publish");
+    let sentence = expect_error(response, 400, "BAD_REQUEST", "a gzip body").await;
+    assert!(sentence.contains("gzip"), "{sentence}");
     assert!(
         history_ids(&relay, &map.slug, &map.key).await.is_empty(),
         "nothing stored"

@@ -443,6 +443,22 @@ async fn read_body_untimed(
 ) -> Result<Bytes, ApiError> {
     let too_large =
         || ApiError::PayloadTooLarge(format!("request body over the limit of {limit} bytes"));
+    // A compressed body would otherwise be refused as JSON it is not.
+    if let Some(coding) = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|coding| coding != "identity")
+    {
+        return Err(ApiError::BadRequest(format!(
+            "Content-Encoding `{}` is not supported: send the body uncompressed",
+            coding.chars().take(32).collect::<String>()
+        )));
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
