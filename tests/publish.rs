@@ -667,7 +667,7 @@ async fn history_refuses_bad_queries_and_credentials(backend: Backend) {
         request.send()
     };
     let events = format!("/api/maps/{}/events", map.slug);
-    for limit in ["0", "1001", "abc", "-1", "1.5"] {
+    for limit in ["0", "1001", "abc", "-1", "1.5", "%2B5", "1e2"] {
         let response = get(format!("{events}?limit={limit}"), Some(&map.key))
             .await
             .expect("request");

@@ -362,9 +362,12 @@ pub fn int_param(
     let Some(text) = params.get(name).filter(|t| !t.trim().is_empty()) else {
         return Ok(default);
     };
-    text.trim()
-        .parse::<usize>()
-        .ok()
+    let text = text.trim();
+    // Digits only: `parse` would take a sign (`+5`).
+    text.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| text.parse::<usize>().ok())
+        .flatten()
         .filter(|n| range.contains(n))
         .ok_or_else(|| {
             ApiError::InvalidQuery(format!(
