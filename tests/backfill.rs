@@ -18,6 +18,7 @@ backend_tests!(
     events_survive_a_restart,
     too_many_missed_events_are_truncated_to_the_newest,
     pruned_gap_is_reported,
+    a_map_emptied_by_retention_keeps_its_position,
     handover_under_concurrent_publishing_loses_and_repeats_nothing,
     long_backfill_spans_several_store_pages,
 );
@@ -282,6 +283,64 @@ async fn pruned_gap_is_reported(backend: Backend) {
         json!({"requested": published[0], "oldest_available": published[3]})
     );
     assert_eq!(drain_quiet(&mut client).await, published[3..]);
+}
+
+/// Retention may remove every event of a map: the map keeps its position
+/// (its newest committed id), and a client from before still learns of
+/// its gap, with nothing to replay (found by a black-box audit, eighth
+/// session: every stream started at the zero id, no gap reported).
+async fn a_map_emptied_by_retention_keeps_its_position(backend: Backend) {
+    let relay = Relay::start_with(
+        backend,
+        &[
+            ("HERALD__HISTORY__RETENTION_SECS", "1"),
+            ("HERALD__HISTORY__PRUNE_INTERVAL_SECS", "1"),
+        ],
+    )
+    .await;
+    let map = relay.create_map().await;
+    let published = relay.publish_n(&map.slug, 3).await;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let page: serde_json::Value = relay
+            .get(&format!("/api/maps/{}/events", map.slug), &map.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["items"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut relay = relay;
+    relay.restart();
+    let mut fresh = relay.subscribe(&map.slug, &map.key, "", None).await;
+    assert_eq!(fresh.connected().await.id, published[2]);
+    let mut caught_up = relay
+        .subscribe(&map.slug, &map.key, "", Some(&published[2]))
+        .await;
+    assert_eq!(caught_up.connected().await.id, published[2]);
+    let mut behind = relay
+        .subscribe(&map.slug, &map.key, "", Some(&published[0]))
+        .await;
+    assert_eq!(behind.connected().await.id, published[0]);
+    let truncated = behind.expect().await;
+    assert_eq!(truncated.event, "backfill_truncated");
+    assert_eq!(
+        envelope(&truncated),
+        json!({"requested": published[0], "oldest_available": null})
+    );
+    let next = relay.publish_n(&map.slug, 1).await;
+    for client in [&mut fresh, &mut caught_up, &mut behind] {
+        assert_eq!(client.expect().await.id, next[0]);
+    }
 }
 
 /// Clients connect, read a little, drop and reconnect with their last id

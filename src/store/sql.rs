@@ -18,8 +18,16 @@ pub const DELETE_KEY: &str = "DELETE FROM api_keys WHERE id = $1 AND map_id = $2
 pub const UPDATE_LIMITS: &str =
     "UPDATE maps SET max_connections = $1, max_connections_per_key = $2 WHERE id = $3";
 
-pub const NEWEST_IN_MAP: &str = "SELECT id FROM events WHERE map_id = $1 ORDER BY id DESC LIMIT 1";
-pub const NEWEST_ANY: &str = "SELECT id FROM events ORDER BY id DESC LIMIT 1";
+/// The newest committed id (of a map, or of all): the newest stored event,
+/// or, when retention removed it, the newest id retention removed, so a
+/// map emptied by retention keeps its position (the zero id when nothing
+/// was ever committed).
+pub const NEWEST_IN_MAP: &str = "SELECT COALESCE(MAX(id), '00000000000000000000000000') FROM (\
+     SELECT id FROM (SELECT id FROM events WHERE map_id = $1 ORDER BY id DESC LIMIT 1) AS stored \
+     UNION ALL SELECT pruned_through FROM maps WHERE id = $1) AS known";
+pub const NEWEST_ANY: &str = "SELECT COALESCE(MAX(id), '00000000000000000000000000') FROM (\
+     SELECT id FROM (SELECT id FROM events ORDER BY id DESC LIMIT 1) AS stored \
+     UNION ALL SELECT MAX(pruned_through) FROM maps) AS known";
 
 /// A page of events read for a backfill, packed into one text value (one
 /// row, not one per event: sqlx's SQLite driver moves every row between
