@@ -678,7 +678,12 @@ macro_rules! impl_store {
                     None => sqlx::query_scalar::<_, String>($crate::store::sql::NEWEST_ANY),
                 };
                 let id = $crate::store::timed(query.fetch_optional(&self.pool)).await?;
-                id.as_deref().map($crate::store::ulid_column).transpose()
+                // The zero id: nothing was ever committed.
+                Ok(id
+                    .as_deref()
+                    .map($crate::store::ulid_column)
+                    .transpose()?
+                    .filter(|id| !id.is_nil()))
             }
 
             async fn events_after(
