@@ -44,6 +44,9 @@ use crate::error::ApiError;
 /// Longest request target (path and query) accepted, like common servers
 /// and proxies (8 KiB).
 pub const MAX_URI_BYTES: usize = 8 << 10;
+/// Longest bare error answer of actix-http looked for (status line, date,
+/// `content-length: 0`, `connection: close`: under 200 bytes).
+const BARE_ANSWER_MAX: usize = 512;
 
 /// A connection whose bare HTTP-layer error answers become JSON.
 pub struct JsonErrors<T> {
@@ -206,9 +209,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonErrors<T> {
 /// request line that was too long). Only the last status line can start
 /// it: a JSON body cannot hold the raw line breaks of a head.
 fn json_answer(bytes: &[u8], uri_too_long: bool) -> Option<(usize, StatusCode, Bytes)> {
-    let at = bytes
-        .windows(9)
-        .rposition(|w| w == b"HTTP/1.1 " || w == b"HTTP/1.0 ")?;
+    // Cheap on every other write: a bare answer ends its (short) head with
+    // an empty line and has no body.
+    if !bytes.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let tail = bytes.len().saturating_sub(BARE_ANSWER_MAX);
+    let at = tail
+        + bytes[tail..]
+            .windows(9)
+            .rposition(|w| w == b"HTTP/1.1 " || w == b"HTTP/1.0 ")?;
     let bytes = &bytes[at..];
     let status_line = &bytes[9..];
     let error = match status_line.get(..4)? {
