@@ -1181,7 +1181,25 @@ async fn health_ready_and_metrics(backend: Backend) {
             .await
             .expect("request");
         assert_eq!(response.status(), 200, "GET {path}");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        // Probes may use HEAD: the same answer, without its body.
+        let response = relay
+            .http
+            .head(relay.url(path))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "HEAD {path}");
+        assert!(response.bytes().await.expect("body").is_empty());
     }
+    // An answer carrying a secret is not to be cached.
+    let minted = relay
+        .post(&format!("/api/maps/{}/sse-tokens", map.slug), &map.key)
+        .send()
+        .await
+        .expect("mint");
+    assert_eq!(minted.status(), 201);
+    assert_eq!(minted.headers()["cache-control"], "no-store");
     let metric = |text: &str, name: &str| -> Option<f64> {
         text.lines()
             .filter(|l| !l.starts_with('#'))

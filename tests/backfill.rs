@@ -238,6 +238,29 @@ async fn too_many_missed_events_are_truncated_to_the_newest(backend: Backend) {
     }
 }
 
+/// Waits until retention has left `left` events of `map` in its history.
+async fn wait_for_retention(relay: &Relay, map: &common::TestMap, left: usize) {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let page: serde_json::Value = relay
+            .get(&format!("/api/maps/{}/events", map.slug), &map.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["items"].as_array().map(Vec::len) == Some(left) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn pruned_gap_is_reported(backend: Backend) {
     let relay = Relay::start_with(
         backend,
@@ -250,25 +273,7 @@ async fn pruned_gap_is_reported(backend: Backend) {
     let map = relay.create_map().await;
     let published = relay.publish_n(&map.slug, 6).await;
     // Wait until retention has run: the history endpoint shows 3 events.
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    loop {
-        let page: serde_json::Value = relay
-            .get(&format!("/api/maps/{}/events", map.slug), &map.key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if page["items"].as_array().map(Vec::len) == Some(3) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "retention did not run"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_retention(&relay, &map, 3).await;
     // A fresh process has no hot history: the gap must come from the store.
     let mut relay = relay;
     relay.restart();
@@ -300,25 +305,7 @@ async fn a_map_emptied_by_retention_keeps_its_position(backend: Backend) {
     .await;
     let map = relay.create_map().await;
     let published = relay.publish_n(&map.slug, 3).await;
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    loop {
-        let page: serde_json::Value = relay
-            .get(&format!("/api/maps/{}/events", map.slug), &map.key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if page["items"].as_array().is_some_and(Vec::is_empty) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "retention did not run"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_retention(&relay, &map, 0).await;
     let mut relay = relay;
     relay.restart();
     let mut fresh = relay.subscribe(&map.slug, &map.key, "", None).await;

@@ -424,19 +424,22 @@ pub fn continue_unless_too_large(
     } else {
         max_publish_body
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(length) if length > limit as u64 => {
+    match declared_length(req.headers()) {
+        Some(length) if length > limit => {
             let refusal =
                 ApiError::PayloadTooLarge(format!("request body over the limit of {limit} bytes"));
             Err(actix_web::ResponseError::error_response(&refusal).into())
         }
         _ => Ok(req),
     }
+}
+
+/// The body length a request's `Content-Length` declares, if well formed.
+fn declared_length(headers: &header::HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 async fn read_body_untimed(
@@ -462,11 +465,7 @@ async fn read_body_untimed(
             coding.chars().take(32).collect::<String>()
         )));
     }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = declared_length(req.headers());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
