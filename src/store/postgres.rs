@@ -11,7 +11,7 @@ use ulid::Ulid;
 use sqlx::Row as _;
 
 use super::{
-    build_events, joined_ids, propose_ids, settle, ulid_column, with_prefix, BoundKey, Commit,
+    binding_ids, build_events, propose_ids, settle, ulid_column, with_prefix, BoundKey, Commit,
     Publication, StoreError,
 };
 
@@ -115,7 +115,7 @@ impl PgStore {
                 key_maps.push(map_id);
                 keys.push(idem.key.as_str());
                 hashes.push(idem.body_hash.as_str());
-                key_ids.push(joined_ids(mine));
+                key_ids.push(binding_ids(mine));
             }
         }
         let ids: Vec<String> = proposed.iter().map(Ulid::to_string).collect();

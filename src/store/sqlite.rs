@@ -13,7 +13,8 @@ use std::sync::{Mutex, PoisonError};
 use ulid::Ulid;
 
 use super::{
-    assign_ids, joined_ids, settle, ulid_column, BoundKey, Commit, Outcome, Publication, StoreError,
+    assign_ids, binding_ids, settle, ulid_column, BoundKey, Commit, Outcome, Publication,
+    StoreError,
 };
 
 /// WAL allows concurrent readers; writes serialize on the file anyway.
@@ -164,7 +165,7 @@ impl SqliteStore {
                     .bind(publication.map_id.to_string())
                     .bind(&idem.key)
                     .bind(&idem.body_hash)
-                    .bind(joined_ids(ids))
+                    .bind(binding_ids(ids))
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
