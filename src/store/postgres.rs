@@ -235,7 +235,7 @@ mod tests {
 
     use super::*;
     use crate::event::NewEvent;
-    use crate::store::{Idempotency, Outcome, Store};
+    use crate::store::{Idempotency, Outcome, Store, ID_TAIL};
 
     fn publication(map_id: Ulid, types: &[&str], key: Option<&str>) -> Publication {
         Publication {
@@ -405,6 +405,44 @@ mod tests {
         assert!(plain.events[0].id > retry.through);
         let newest = store.newest_event_id(Some(map)).await.expect("newest");
         assert_eq!(newest, Some(plain.events[0].id), "stored as answered");
+        cleanup.await;
+    }
+
+    /// A binding is stored as the first id and the count, and the commit
+    /// function answers it as the list that nodes of an older build read.
+    #[tokio::test]
+    async fn bindings_are_stored_compact_and_answered_as_lists() {
+        let (store, cleanup) = fresh_store().await;
+        let map = Ulid::generate();
+        let now_ms = Ulid::generate().timestamp_ms();
+        let batch = [publication(map, &["a", "b", "c"], Some("k"))];
+        let first = store
+            .commit(Ulid::nil(), now_ms, 60_000, &batch)
+            .await
+            .expect("keyed commit");
+        let ids = created(&first.outcomes[0]);
+        let stored: String = sqlx::query_scalar("SELECT ids FROM idempotency_keys")
+            .fetch_one(&store.pool)
+            .await
+            .expect("binding");
+        assert_eq!(stored, format!("{}*3", ids[0]));
+
+        let listed = |ids: &[Ulid]| ids.iter().map(Ulid::to_string).collect::<Vec<_>>().join(",");
+        let expand = |text: String| {
+            sqlx::query_scalar::<_, String>("SELECT herald_expand_ids($1)")
+                .bind(text)
+                .fetch_one(&store.pool)
+        };
+        // Tails from random bits, and one ending at the top of the tail.
+        let top = Ulid((Ulid::from_parts(now_ms, 0).0 | ID_TAIL) - 100);
+        for ids in [propose_ids(Ulid::nil(), now_ms, 100), propose_ids(top, 0, 100)] {
+            assert_eq!(ids[99].0 & ID_TAIL, (ids[0].0 & ID_TAIL) + 99, "one prefix");
+            let answered = expand(binding_ids(&ids)).await.expect("expand");
+            assert_eq!(answered, listed(&ids));
+        }
+        let lone = ids[0].to_string();
+        assert_eq!(expand(lone.clone()).await.expect("expand"), lone);
+        assert_eq!(expand(listed(&ids)).await.expect("expand"), listed(&ids));
         cleanup.await;
     }
 
