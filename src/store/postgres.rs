@@ -119,8 +119,8 @@ impl PgStore {
             }
         }
         let ids: Vec<String> = proposed.iter().map(Ulid::to_string).collect();
-        let rows = if keys.is_empty() {
-            sqlx::query(COMMIT)
+        let plain = |sql| {
+            sqlx::query(sql)
                 .bind(&map_ids)
                 .bind(&ids)
                 .bind(&types)
@@ -128,26 +128,74 @@ impl PgStore {
                 .bind(&payloads)
                 .bind(ids.first())
                 .bind(ids.last())
-                .fetch_all(&self.writer)
-                .await?
-        } else {
-            sqlx::query(COMMIT_KEYED)
-                .bind(&map_ids)
-                .bind(&ids)
-                .bind(&types)
-                .bind(&sources)
-                .bind(&payloads)
-                .bind(&event_keys)
-                .bind(&key_maps)
-                .bind(&keys)
-                .bind(&hashes)
-                .bind(&key_ids)
-                .bind(idempotency_ttl_ms)
-                .fetch_all(&self.writer)
-                .await?
         };
-        Ok(answer(publications, proposed, &rows, !keys.is_empty()))
+        if keys.is_empty() {
+            let rows = plain(COMMIT).fetch_all(&self.writer).await?;
+            return Ok(answer(publications, proposed, &rows, false));
+        }
+        // A key is almost always new: it is bound in the plain commit's
+        // statement, without looking anything up, and the bindings' primary
+        // key finds the rare one that is not (a retry, a binding expired but
+        // not yet pruned, another node binding it meanwhile). That refusal
+        // undoes the whole statement; the group is then committed by the
+        // function, which looks every key up under the clock's lock first.
+        let new_keys = plain(COMMIT_NEW_KEYS)
+            .bind(&key_maps)
+            .bind(&keys)
+            .bind(&hashes)
+            .bind(&key_ids)
+            .fetch_all(&self.writer)
+            .await;
+        match new_keys {
+            Ok(rows) => return Ok(answer(publications, proposed, &rows, false)),
+            Err(err) if binds_a_bound_key(&err) => {}
+            Err(err) => return Err(err),
+        }
+        let rows = sqlx::query(COMMIT_KEYED)
+            .bind(&map_ids)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&sources)
+            .bind(&payloads)
+            .bind(&event_keys)
+            .bind(&key_maps)
+            .bind(&keys)
+            .bind(&hashes)
+            .bind(&key_ids)
+            .bind(idempotency_ttl_ms)
+            .fetch_all(&self.writer)
+            .await?;
+        Ok(answer(publications, proposed, &rows, true))
     }
+}
+
+/// Whether a commit was refused because one of its keys has a binding.
+fn binds_a_bound_key(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.constraint() == Some("idempotency_keys_pkey"))
+}
+
+/// The commit statement ([`COMMIT`]), with more common table expressions
+/// (data-modifying ones all run) before its final `SELECT`.
+macro_rules! commit_statement {
+    ($($more:literal),*) => {
+        concat!(
+            "WITH clock AS (",
+            "UPDATE id_clock SET previous_id = last_id, last_id = CASE WHEN $6 COLLATE \"C\" > last_id ",
+            "THEN $7 ELSE herald_prefix_after(last_id) || substr($7, 15) END ",
+            "RETURNING previous_id, NULLIF(substr(last_id, 1, 14), substr($7, 1, 14)) AS prefix",
+            "), as_proposed AS (",
+            "INSERT INTO events (map_id, id, type, source, payload) ",
+            "SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) ",
+            "WHERE (SELECT prefix FROM clock) IS NULL",
+            "), moved AS (",
+            "INSERT INTO events (map_id, id, type, source, payload) ",
+            "SELECT e.map_id, (SELECT prefix FROM clock) || substr(e.id, 15), e.type, e.source, e.payload ",
+            "FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) ",
+            "AS e (map_id, id, type, source, payload) WHERE (SELECT prefix FROM clock) IS NOT NULL",
+            $($more,)*
+            ") SELECT previous_id, prefix AS moved_prefix FROM clock"
+        )
+    };
 }
 
 /// Inserts a group's events and moves the id clock, in one statement. The
@@ -157,21 +205,20 @@ impl PgStore {
 /// to `$7`) are not after it, they are inserted with the prefix after the
 /// clock's (see the `0004_commit_function` migration). Answers the clock's
 /// previous id and the prefix given, if any.
-const COMMIT: &str = concat!(
-    "WITH clock AS (",
-    "UPDATE id_clock SET previous_id = last_id, last_id = CASE WHEN $6 COLLATE \"C\" > last_id ",
-    "THEN $7 ELSE herald_prefix_after(last_id) || substr($7, 15) END ",
-    "RETURNING previous_id, NULLIF(substr(last_id, 1, 14), substr($7, 1, 14)) AS prefix",
-    "), as_proposed AS (",
-    "INSERT INTO events (map_id, id, type, source, payload) ",
-    "SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) ",
-    "WHERE (SELECT prefix FROM clock) IS NULL",
-    "), moved AS (",
-    "INSERT INTO events (map_id, id, type, source, payload) ",
-    "SELECT e.map_id, (SELECT prefix FROM clock) || substr(e.id, 15), e.type, e.source, e.payload ",
-    "FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) ",
-    "AS e (map_id, id, type, source, payload) WHERE (SELECT prefix FROM clock) IS NOT NULL",
-    ") SELECT previous_id, prefix AS moved_prefix FROM clock"
+const COMMIT: &str = commit_statement!();
+
+/// [`COMMIT`] that also binds the group's keys (`$8` maps, `$9` keys, `$10`
+/// body hashes, `$11` ids, moved with the events when they are), none of
+/// which may have a binding: a key that has one fails the statement.
+const COMMIT_NEW_KEYS: &str = commit_statement!(
+    "), bound AS (",
+    "INSERT INTO idempotency_keys (map_id, key, body_hash, ids, created_ms) ",
+    "SELECT u.map_id, u.key, u.body_hash, CASE WHEN (SELECT prefix FROM clock) IS NULL ",
+    "THEN u.ids ELSE regexp_replace(u.ids, '[0-9A-Z]{14}([0-9A-Z]{12})', ",
+    "(SELECT prefix FROM clock) || '\\1', 'g') END, ",
+    "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT ",
+    "FROM UNNEST($8::text[], $9::text[], $10::text[], $11::text[]) ",
+    "AS u (map_id, key, body_hash, ids)"
 );
 
 /// Commits a group with idempotency keys: see `herald_commit_keyed`.
@@ -408,6 +455,60 @@ mod tests {
         cleanup.await;
     }
 
+    /// New keys are bound by the plain commit's statement; a group holding
+    /// a retry among new keys and events without a key is refused there by
+    /// the retry's binding and committed by the function: the retry replays,
+    /// the others are created once, nothing of the refused statement stays.
+    #[tokio::test]
+    async fn a_retry_among_new_keys_replays_and_the_rest_is_created_once() {
+        let (store, cleanup) = fresh_store().await;
+        let map = Ulid::generate();
+        let now_ms = Ulid::generate().timestamp_ms();
+        let first = [publication(map, &["a1", "a2"], Some("a"))];
+        let a = store
+            .commit(Ulid::nil(), now_ms, 60_000, &first)
+            .await
+            .expect("first keyed commit");
+        let a_ids = created(&a.outcomes[0]);
+
+        let group = [
+            publication(map, &["b"], Some("b")),
+            first[0].clone(),
+            publication(map, &["c"], None),
+        ];
+        let mixed = store
+            .commit(a.through, now_ms, 60_000, &group)
+            .await
+            .expect("a group with a retry");
+        let b_ids = created(&mixed.outcomes[0]);
+        match &mixed.outcomes[1] {
+            Outcome::Replayed(ids) => assert_eq!(ids, &a_ids),
+            other => panic!("not replayed: {other:?}"),
+        }
+        let c_ids = created(&mixed.outcomes[2]);
+        assert_eq!(mixed.previous, a.through);
+
+        let stored: Vec<(Ulid, String)> = store
+            .events_after(Some(map), Ulid::nil(), 10)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| (e.id, e.event_type.clone()))
+            .collect();
+        let expected: Vec<(Ulid, String)> = [a_ids, b_ids, c_ids]
+            .concat()
+            .into_iter()
+            .zip(["a1", "a2", "b", "c"].map(String::from))
+            .collect();
+        assert_eq!(stored, expected, "each event once, in id order");
+        let bindings: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+            .fetch_one(&store.pool)
+            .await
+            .expect("count");
+        assert_eq!(bindings, 2);
+        cleanup.await;
+    }
+
     /// A binding is stored as the first id and the count, and the commit
     /// function answers it as the list that nodes of an older build read.
     #[tokio::test]
@@ -427,7 +528,12 @@ mod tests {
             .expect("binding");
         assert_eq!(stored, format!("{}*3", ids[0]));
 
-        let listed = |ids: &[Ulid]| ids.iter().map(Ulid::to_string).collect::<Vec<_>>().join(",");
+        let listed = |ids: &[Ulid]| {
+            ids.iter()
+                .map(Ulid::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let expand = |text: String| {
             sqlx::query_scalar::<_, String>("SELECT herald_expand_ids($1)")
                 .bind(text)
@@ -435,7 +541,10 @@ mod tests {
         };
         // Tails from random bits, and one ending at the top of the tail.
         let top = Ulid((Ulid::from_parts(now_ms, 0).0 | ID_TAIL) - 100);
-        for ids in [propose_ids(Ulid::nil(), now_ms, 100), propose_ids(top, 0, 100)] {
+        for ids in [
+            propose_ids(Ulid::nil(), now_ms, 100),
+            propose_ids(top, 0, 100),
+        ] {
             assert_eq!(ids[99].0 & ID_TAIL, (ids[0].0 & ID_TAIL) + 99, "one prefix");
             let answered = expand(binding_ids(&ids)).await.expect("expand");
             assert_eq!(answered, listed(&ids));
