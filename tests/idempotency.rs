@@ -25,6 +25,7 @@ use tokio::time::Instant;
 backend_tests!(
     a_retry_answers_the_same_ids_and_creates_nothing,
     concurrent_requests_with_one_key_create_once,
+    concurrent_requests_with_one_key_and_two_bodies_create_one,
     a_retry_after_a_restart_answers_the_same_ids,
     another_body_is_409_and_malformed_keys_are_400,
     refused_requests_bind_nothing_and_keys_are_scoped_to_their_map,
@@ -212,14 +213,15 @@ async fn a_retry_answers_the_same_ids_and_creates_nothing(backend: Backend) {
 // 2. Concurrent requests
 // ---------------------------------------------------------------------------
 
-/// Sends `body` with `key` from `n` tasks released at once, request `i` to
-/// `bases[i % bases.len()]`; returns (status, body text) of each.
+/// Sends `key` from `n` tasks released at once, request `i` with
+/// `bodies[i % bodies.len()]` to `bases[i % bases.len()]`; returns (base,
+/// status, body text) of each.
 async fn send_at_once(
     http: &reqwest::Client,
     bases: &[String],
     map: &str,
     key: &str,
-    body: &str,
+    bodies: &[&str],
     n: usize,
 ) -> Vec<(String, u16, String)> {
     let barrier = Arc::new(tokio::sync::Barrier::new(n));
@@ -228,7 +230,8 @@ async fn send_at_once(
             let http = http.clone();
             let base = bases[i % bases.len()].clone();
             let url = format!("{base}{}", events_path(map));
-            let (key, body, barrier) = (key.to_owned(), body.to_owned(), Arc::clone(&barrier));
+            let body = bodies[i % bodies.len()].to_owned();
+            let (key, barrier) = (key.to_owned(), Arc::clone(&barrier));
             tokio::spawn(async move {
                 let request = http
                     .post(url)
@@ -286,13 +289,13 @@ async fn concurrent_requests_with_one_key_create_once(backend: Backend) {
     let bases = [relay.base.clone()];
 
     let body = r#"{"type":"race.single","payload":{"k":"v"}}"#;
-    let answers = send_at_once(&relay.http, &bases, &map.slug, "race-1", body, 10).await;
+    let answers = send_at_once(&relay.http, &bases, &map.slug, "race-1", &[body], 10).await;
     let single = same_ids(&answers, "10 concurrent single-event requests");
     assert_eq!(single.len(), 1);
     expect_stream(&mut live, &single, "10 concurrent single-event requests").await;
 
     let body = r#"[{"type":"race.a"},{"type":"race.b"}]"#;
-    let answers = send_at_once(&relay.http, &bases, &map.slug, "race-2", body, 10).await;
+    let answers = send_at_once(&relay.http, &bases, &map.slug, "race-2", &[body], 10).await;
     let pair = same_ids(&answers, "10 concurrent array requests");
     assert_eq!(pair.len(), 2);
     expect_stream(&mut live, &pair, "10 concurrent array requests").await;
@@ -303,6 +306,62 @@ async fn concurrent_requests_with_one_key_create_once(backend: Backend) {
         history_ids(&relay, &map).await,
         all,
         "the events exist once"
+    );
+}
+
+/// Ten requests with one key at once, half with another body: one body
+/// wins, its requests all answer its ids, the others 409, and its events
+/// exist once. Publishes to another map keep the committer busy, so that
+/// requests of both bodies wait together for one group commit.
+async fn concurrent_requests_with_one_key_and_two_bodies_create_one(backend: Backend) {
+    let relay = Relay::start(backend).await;
+    let map = relay.create_map().await;
+    let other = relay.create_map().await;
+    let bases = [relay.base.clone()];
+    let noise: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, url) = (
+                relay.http.clone(),
+                format!("{}{}", relay.base, events_path(&other.slug)),
+            );
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    let sent = http
+                        .post(&url)
+                        .bearer_auth(PUBLISHER)
+                        .json(&json!({"type": "noise"}));
+                    assert_eq!(sent.send().await.expect("noise").status(), 201);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let bodies = [
+        r#"{"type":"race.first"}"#,
+        r#"[{"type":"race.second"},{"type":"race.second"}]"#,
+    ];
+    let answers = send_at_once(&relay.http, &bases, &map.slug, "race-3", &bodies, 10).await;
+    for task in join_all(noise).await {
+        task.expect("noise publisher");
+    }
+    let (won, lost): (Vec<_>, Vec<_>) = answers
+        .into_iter()
+        .enumerate()
+        .partition(|(_, (_, status, _))| *status == 201);
+    let won: Vec<(String, u16, String)> = won.into_iter().map(|(_, answer)| answer).collect();
+    let winner = same_ids(&won, "the winning body's requests");
+    for (i, (_, status, text)) in &lost {
+        assert_eq!(*status, 409, "request {i} answered {status}: {text}");
+        assert!(
+            text.contains("IDEMPOTENCY_KEY_REUSED"),
+            "request {i}: {text}"
+        );
+    }
+    assert_eq!(won.len(), 5, "one body's five requests win: {lost:?}");
+    assert_eq!(
+        history_ids(&relay, &map).await,
+        winner,
+        "the winner's events, once"
     );
 }
 
@@ -318,7 +377,7 @@ async fn concurrent_requests_over_two_nodes_create_once() {
     let bases = [cluster[0].base.clone(), cluster[1].base.clone()];
 
     let body = r#"[{"type":"spread.1"},{"type":"spread.2","payload":{"x":[true,null]}}]"#;
-    let answers = send_at_once(&cluster[0].http, &bases, &map.slug, "spread", body, 10).await;
+    let answers = send_at_once(&cluster[0].http, &bases, &map.slug, "spread", &[body], 10).await;
     let spread = same_ids(&answers, "10 concurrent requests over two nodes");
     assert_eq!(spread.len(), 2);
     for (node, stream) in live.iter_mut().enumerate() {

@@ -114,12 +114,15 @@ impl Persistence {
                 self.queue.push_front(next);
                 break;
             }
-            // A retry racing its first request goes into the next group,
-            // which then finds the key bound.
+            // A retry racing its first request, or a reuse of its key with
+            // another body, goes into the next group, which then finds the
+            // key bound (and answers the same ids, or 409).
             let same_key = |p: &Publication| {
                 p.map_id == next.publication.map_id
-                    && p.idempotency.is_some()
-                    && p.idempotency == next.publication.idempotency
+                    && matches!(
+                        (&p.idempotency, &next.publication.idempotency),
+                        (Some(mine), Some(theirs)) if mine.key == theirs.key
+                    )
             };
             if publications.iter().any(same_key) {
                 waiting.push_back(next);
