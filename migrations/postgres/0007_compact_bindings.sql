@@ -3,7 +3,9 @@
 -- of 100 listed in full was 2.7 KB, compressed at every keyed commit.
 -- Nodes of an older build read only the list, so the commit function
 -- answers the bindings it finds as lists: on a node not yet upgraded a
--- retry reads the ids an upgraded node bound (rolling upgrades).
+-- retry reads the ids an upgraded node bound (rolling upgrades). The
+-- function also renews an expired binding even when retention deletes it
+-- meanwhile.
 
 -- `ids` with every `ID*COUNT` item written out as COUNT consecutive ids
 -- (same 14-character prefix, increasing 60-bit tail).
@@ -110,11 +112,22 @@ BEGIN
      WHERE NOT EXISTS (
         SELECT 1 FROM unnest(found_maps, found_keys) AS f (map_id, key)
          WHERE f.map_id = u.map_id AND f.key = u.key);
+    -- Expired bindings found are renewed; one that retention deleted since
+    -- the lookup is bound again (an UPDATE would find nothing, and a
+    -- retry would create the events a second time).
     IF cardinality(found_keys) > COALESCE(cardinality(live_keys), 0) THEN
-        UPDATE idempotency_keys i
-           SET body_hash = u.body_hash, ids = u.ids, created_ms = now_ms
+        INSERT INTO idempotency_keys (map_id, key, body_hash, ids, created_ms)
+        SELECT u.map_id, u.key, u.body_hash, u.ids, now_ms
           FROM unnest(key_maps, key_names, key_hashes, key_ids) AS u (map_id, key, body_hash, ids)
-         WHERE i.map_id = u.map_id AND i.key = u.key AND i.created_ms <= now_ms - ttl_ms;
+         WHERE EXISTS (
+            SELECT 1 FROM unnest(found_maps, found_keys) AS f (map_id, key)
+             WHERE f.map_id = u.map_id AND f.key = u.key)
+           AND NOT EXISTS (
+            SELECT 1 FROM unnest(live_maps, live_keys) AS l (map_id, key)
+             WHERE l.map_id = u.map_id AND l.key = u.key)
+        ON CONFLICT (map_id, key) DO UPDATE
+           SET body_hash = EXCLUDED.body_hash, ids = EXCLUDED.ids,
+               created_ms = EXCLUDED.created_ms;
     END IF;
     RETURN QUERY
     SELECT last, moved, l.map_id, l.key, l.body_hash, herald_expand_ids(l.ids)

@@ -235,7 +235,7 @@ pub(crate) fn bound_ids(text: &str) -> Result<Vec<Ulid>, StoreError> {
             .parse()
             .ok()
             .filter(|&n| n <= MAX_BOUND_IDS)
-            .ok_or_else(|| StoreError::Unavailable(format!("malformed binding ids: {item}")))?;
+            .ok_or_else(|| StoreError::Corrupt(format!("binding ids `{item}`")))?;
         ids.extend((0..count).map(|n| Ulid(first.0.wrapping_add(n))));
     }
     Ok(ids)

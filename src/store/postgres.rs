@@ -171,7 +171,8 @@ impl PgStore {
 
 /// Whether a commit was refused because one of its keys has a binding.
 fn binds_a_bound_key(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.constraint() == Some("idempotency_keys_pkey"))
+    matches!(err, sqlx::Error::Database(db)
+        if db.is_unique_violation() && db.table() == Some("idempotency_keys"))
 }
 
 /// The commit statement ([`COMMIT`]), with more common table expressions
@@ -506,6 +507,60 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(bindings, 2);
+        cleanup.await;
+    }
+
+    /// The commit function renews an expired binding it found even when
+    /// retention deletes that binding before the renewal: the key stays
+    /// bound to the new events (a retry must not create them again).
+    #[tokio::test]
+    async fn an_expired_binding_pruned_during_its_renewal_is_bound_again() {
+        let (store, cleanup) = fresh_store().await;
+        let map = Ulid::generate();
+        let now_ms = Ulid::generate().timestamp_ms();
+        let first = store
+            .commit(
+                Ulid::nil(),
+                now_ms,
+                1,
+                &[publication(map, &["a"], Some("k"))],
+            )
+            .await
+            .expect("first keyed commit");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+
+        // Retention's delete, not yet committed when the function looks up.
+        let mut pruning = store.writer.begin().await.expect("begin");
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = 'k'")
+            .execute(&mut *pruning)
+            .await
+            .expect("delete");
+        let id = propose_ids(first.through, now_ms, 1)[0].to_string();
+        let (map, key) = (map.to_string(), "k".to_string());
+        let strings = |value: &str| vec![value.to_string()];
+        let renewal = sqlx::query(COMMIT_KEYED)
+            .bind(strings(&map))
+            .bind(strings(&id))
+            .bind(strings("b"))
+            .bind(strings(""))
+            .bind(strings("1"))
+            .bind(strings(&key))
+            .bind(strings(&map))
+            .bind(strings(&key))
+            .bind(strings("h"))
+            .bind(strings(&id))
+            .bind(1_i64)
+            .fetch_all(&store.writer);
+        let (renewed, ()) = tokio::join!(renewal, async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            pruning.commit().await.expect("retention commits");
+        });
+        renewed.expect("commit with an expired binding");
+        let bound: Vec<String> = sqlx::query_scalar("SELECT ids FROM idempotency_keys")
+            .fetch_all(&store.pool)
+            .await
+            .expect("bindings");
+        assert_eq!(bound, [id], "the key is bound to the new event");
         cleanup.await;
     }
 
