@@ -321,6 +321,12 @@ impl Settings {
         if let Some((key, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
         }
+        if self.publish.max_batch > crate::store::MAX_BOUND_IDS {
+            return Err(ConfigError::Invalid(format!(
+                "publish.max_batch must be at most {}",
+                crate::store::MAX_BOUND_IDS
+            )));
+        }
         if let Some(origin) = self
             .cors
             .allowed_origins
@@ -411,6 +417,7 @@ mod tests {
         };
         refused(|s| s.limits.max_connections = 0, "limits.max_connections");
         refused(|s| s.publish.max_batch = 0, "publish.max_batch");
+        refused(|s| s.publish.max_batch = (1 << 20) + 1, "publish.max_batch");
         refused(|s| s.publish.max_body_bytes = 0, "publish.max_body_bytes");
         refused(|s| s.auth.sse_token_ttl_secs = 0, "auth.sse_token_ttl_secs");
         refused(

@@ -234,16 +234,17 @@ pub(crate) fn bound_ids(text: &str) -> Result<Vec<Ulid>, StoreError> {
         let count: u128 = count
             .parse()
             .ok()
-            .filter(|&n| n <= MAX_BOUND_IDS)
+            .filter(|&n| n <= MAX_BOUND_IDS as u128)
             .ok_or_else(|| StoreError::Corrupt(format!("binding ids `{item}`")))?;
         ids.extend((0..count).map(|n| Ulid(first.0.wrapping_add(n))));
     }
     Ok(ids)
 }
 
-/// More ids than any publication can have: a binding claiming more is
-/// corrupt, not a reason to allocate.
-const MAX_BOUND_IDS: u128 = 1 << 20;
+/// More events than any publication may have (`publish.max_batch` is at
+/// most this): a binding claiming more ids is corrupt, not a reason to
+/// allocate.
+pub const MAX_BOUND_IDS: usize = 1 << 20;
 
 /// The low bits of an id that stay when a store moves a group's ids after
 /// another node's (see the PostgreSQL `0004_commit_function` migration): the
