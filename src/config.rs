@@ -417,7 +417,10 @@ mod tests {
         };
         refused(|s| s.limits.max_connections = 0, "limits.max_connections");
         refused(|s| s.publish.max_batch = 0, "publish.max_batch");
-        refused(|s| s.publish.max_batch = (1 << 20) + 1, "publish.max_batch");
+        refused(
+            |s| s.publish.max_batch = crate::store::MAX_BOUND_IDS + 1,
+            "publish.max_batch",
+        );
         refused(|s| s.publish.max_body_bytes = 0, "publish.max_body_bytes");
         refused(|s| s.auth.sse_token_ttl_secs = 0, "auth.sse_token_ttl_secs");
         refused(
